@@ -47,6 +47,7 @@ struct ShardPlan {
     int first_rank = 0;   // ranks that own a piece of it: [first_rank, last_rank]
     int last_rank = 0;
     bool split() const { return first_rank != last_rank; }
+    int64_t end() const { return offset + geom.numel; }  // one past its last flat element
   };
 
   int world_size = 1;
@@ -56,12 +57,15 @@ struct ShardPlan {
   int64_t padded_size = 0;        // world_size * chunk_size
   int64_t used_size = 0;          // end of the last tensor in the flat buffer
   std::vector<Tensor> tensors;
-  std::vector<std::vector<ShardPiece>> pieces;  // pieces[rank], in flat-buffer order
-  std::vector<int> split_tensors;               // indices of split tensors, ascending
+  // pieces[rank] for every rank in [0, world_size), in flat-buffer order; empty for a rank
+  // whose chunk holds only padding.
+  std::vector<std::vector<ShardPiece>> pieces;
+  std::vector<int> split_tensors;  // indices of split tensors, ascending
 
   // Returns the plan, or InvalidArgument for: no tensors, world_size < 1, alignment < 1,
   // a dim <= 0, an element count that overflows int64, tensors of different dtypes, empty
-  // or duplicate names, a negative group.
+  // or duplicate names, a negative group, a padded size that overflows int64. The message
+  // names the offending tensor ("tensor 2 'w'").
   static absl::StatusOr<ShardPlan> Make(std::vector<TensorSpec> tensors, int world_size,
                                         int64_t alignment);
 };
