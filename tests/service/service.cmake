@@ -1,0 +1,6 @@
+# Control-plane tests (label "service"): the coordinator core on a fake clock, and the gRPC
+# server, client and store on 127.0.0.1.
+came_add_test(coordinator_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/coordinator_test.cc
+  LIBS came_coordinator_core nlohmann_json::nlohmann_json
+  LABELS service)
