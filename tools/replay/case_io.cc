@@ -18,6 +18,19 @@ using json = nlohmann::json;
 
 absl::Status Bad(const std::string& what) { return absl::InvalidArgumentError(what); }
 
+// Returns nlohmann's parse error message on one line, without its "[json.exception...] "
+// prefix: "parse error at line 1, column 9: syntax error ... - invalid literal; last read: ...".
+std::string ParseErrorText(std::string_view what) {
+  if (!what.empty() && what.front() == '[') {
+    const size_t close = what.find("] ");
+    if (close != std::string_view::npos) what.remove_prefix(close + 2);
+  }
+  std::string out(what);
+  for (char& ch : out)
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  return out;
+}
+
 absl::StatusOr<double> Number(const json& v, const std::string& where) {
   if (!v.is_number()) return Bad(absl::StrCat(where, ": expected a number"));
   const double d = v.get<double>();
@@ -149,8 +162,12 @@ std::map<std::string, std::vector<int64_t>> StateShapes(const std::vector<int64_
 }
 
 absl::StatusOr<GoldenCase> ParseGoldenCase(std::string_view text, bool require_trajectory) {
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Bad("malformed JSON");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    return Bad(absl::StrCat("malformed JSON: ", ParseErrorText(e.what())));
+  }
   if (!j.is_object()) return Bad("expected a JSON object at the top level");
   static const std::set<std::string> kKnown = {"name",   "shape", "hyper", "steps", "param0",
                                                "grads",  "params", "state", "state_shapes"};

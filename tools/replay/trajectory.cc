@@ -1,6 +1,7 @@
 #include "tools/replay/trajectory.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/cpu_came.h"
 #include "kernels/reference.h"
@@ -15,6 +16,7 @@ Trajectory RunReference(const GoldenCase& c) {
   for (int k = 0; k < c.steps; ++k) {
     ReferenceStep(geom, c.hyper, p, c.grads[k], st);
     out.params.push_back(p);
+    out.skipped.push_back(false);
   }
   out.state["exp_avg"] = st.exp_avg;
   if (geom.factored) {
@@ -67,7 +69,7 @@ Trajectory RunCpu(const GoldenCase& c, DType grad_dtype, int threads) {
   for (int k = 0; k < c.steps; ++k) {
     for (int64_t i = 0; i < n; ++i)
       StoreFromFloat(grad.data(), grad_dtype, i, static_cast<float>(c.grads[k][i]));
-    stepper.Step(groups, StepOptions{});
+    out.skipped.push_back(stepper.Step(groups, StepOptions{}).skipped);
     out.params.push_back(ToDouble(master));
   }
   out.state["exp_avg"] = ToDouble(exp_avg);
@@ -79,6 +81,36 @@ Trajectory RunCpu(const GoldenCase& c, DType grad_dtype, int threads) {
   } else {
     out.state["exp_avg_sq"] = ToDouble(exp_avg_sq);
   }
+  return out;
+}
+
+bool Trajectory::finite() const {
+  auto all_finite = [](const std::vector<double>& v) {
+    return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+  };
+  for (const auto& p : params)
+    if (!all_finite(p)) return false;
+  for (const auto& [name, s] : state)
+    if (!all_finite(s)) return false;
+  return true;
+}
+
+GoldenCase RoundGradients(const GoldenCase& c, DType t) {
+  GoldenCase out = c;
+  std::vector<uint8_t> buf(DTypeSize(t));
+  for (auto& g : out.grads)
+    for (double& x : g) {
+      StoreFromFloat(buf.data(), t, 0, static_cast<float>(x));
+      x = LoadAsFloat(buf.data(), t, 0);
+    }
+  return out;
+}
+
+GoldenCase WithTrajectory(const GoldenCase& inputs, const Trajectory& t) {
+  GoldenCase out = inputs;
+  out.params = t.params;
+  out.state = t.state;
+  out.state_shapes = StateShapes(inputs.shape);
   return out;
 }
 

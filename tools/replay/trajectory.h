@@ -15,6 +15,10 @@ namespace came {
 struct Trajectory {
   std::vector<std::vector<double>> params;            // after each step
   std::map<std::string, std::vector<double>> state;   // after the last step
+  std::vector<bool> skipped;  // per step: the kernel skipped it (non-finite gradient)
+
+  // Returns whether every parameter and state value is finite.
+  bool finite() const;
 };
 
 // Runs the double-precision reference.
@@ -23,6 +27,13 @@ Trajectory RunReference(const GoldenCase& c);
 // Runs the fused CPU kernels in float32 on `threads` threads, with gradients given to the
 // kernel in `grad_dtype` (rounded from the case's values).
 Trajectory RunCpu(const GoldenCase& c, DType grad_dtype = DType::kFloat32, int threads = 2);
+
+// Returns a copy of the case whose gradients are rounded to `t` and back (exact for
+// float32-representable inputs when t is float32).
+GoldenCase RoundGradients(const GoldenCase& c, DType t);
+
+// Returns the case's inputs with `t` as its trajectory: the --out file of came-replay.
+GoldenCase WithTrajectory(const GoldenCase& inputs, const Trajectory& t);
 
 // Per-step and final-state errors of `got` against the case's stored trajectory.
 struct TrajectoryErrors {
