@@ -1,0 +1,373 @@
+#include "runtime/sharded_came.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace came {
+namespace {
+
+comm::ElemType ElemTypeOf(DType t) {
+  switch (t) {
+    case DType::kFloat32: return comm::ElemType::kFloat32;
+    case DType::kBFloat16: return comm::ElemType::kBFloat16;
+    case DType::kFloat16: return comm::ElemType::kFloat16;
+  }
+  return comm::ElemType::kFloat32;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+absl::Status CheckHyper(const CameHyper& h, size_t g) {
+  const std::string where = absl::StrCat("parameter group ", g, ": ");
+  if (!(h.lr >= 0) || !std::isfinite(h.lr)) return absl::InvalidArgumentError(where + "lr must be >= 0");
+  if (!(h.clip_threshold > 0)) return absl::InvalidArgumentError(where + "clip_threshold must be > 0");
+  if (!(h.eps1 >= 0) || !(h.eps2 >= 0)) return absl::InvalidArgumentError(where + "eps must be >= 0");
+  for (double b : {h.beta1, h.beta2, h.beta3})
+    if (!(b >= 0 && b < 1)) return absl::InvalidArgumentError(where + "betas must be in [0, 1)");
+  if (!(h.weight_decay >= 0) || !std::isfinite(h.weight_decay))
+    return absl::InvalidArgumentError(where + "weight_decay must be >= 0");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct ShardedCame::Piece {
+  ShardPiece piece;
+  TensorGeometry geom;
+  std::vector<float> exp_avg;
+  std::vector<float> exp_avg_sq;
+  std::vector<float> sq_row, sq_col, res_row, res_col;
+};
+
+ShardedCame::ShardedCame(const ShardPlan& plan, comm::Communicator* comm, void* params,
+                         void* grads, EngineOptions options)
+    : plan_(plan),
+      comm_(comm),
+      params_(static_cast<uint8_t*>(params)),
+      grads_(static_cast<uint8_t*>(grads)),
+      options_(std::move(options)),
+      rank_(comm->rank()),
+      elem_size_(DTypeSize(plan.dtype)) {}
+
+ShardedCame::~ShardedCame() = default;
+
+absl::StatusOr<std::unique_ptr<ShardedCame>> ShardedCame::Create(const ShardPlan& plan,
+                                                                 comm::Communicator* comm,
+                                                                 void* params, void* grads,
+                                                                 EngineOptions options) {
+  if (comm == nullptr) return absl::InvalidArgumentError("no communicator");
+  if (params == nullptr || grads == nullptr)
+    return absl::InvalidArgumentError("parameter and gradient buffers are required");
+  if (comm->size() != plan.world_size)
+    return absl::InvalidArgumentError(absl::StrCat("the plan is for ", plan.world_size,
+                                                   " ranks but the communicator has ",
+                                                   comm->size()));
+  if (options.groups.empty())
+    return absl::InvalidArgumentError("at least one parameter group is required");
+  for (size_t g = 0; g < options.groups.size(); ++g)
+    if (absl::Status s = CheckHyper(options.groups[g], g); !s.ok()) return s;
+  for (const auto& t : plan.tensors)
+    if (t.spec.group >= static_cast<int>(options.groups.size()))
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.spec.name, "' uses group ",
+                                                     t.spec.group, " but only ",
+                                                     options.groups.size(), " are defined"));
+  if (options.max_grad_norm < 0 || !std::isfinite(options.max_grad_norm))
+    return absl::InvalidArgumentError("max_grad_norm must be >= 0 (0: no clipping)");
+  if (options.num_threads < 1) options.num_threads = 1;
+  std::unique_ptr<ShardedCame> e(new ShardedCame(plan, comm, params, grads, std::move(options)));
+  if (absl::Status s = e->Init(); !s.ok()) return s;
+  return e;
+}
+
+absl::Status ShardedCame::Init() {
+  const bool fp32 = plan_.dtype == DType::kFloat32;
+  const int64_t chunk = plan_.chunk_size;
+  uint8_t* my_params = params_ + rank_ * chunk * elem_size_;
+  uint8_t* my_grads = grads_ + rank_ * chunk * elem_size_;
+  if (!fp32) {
+    master_.resize(chunk);
+    for (int64_t i = 0; i < chunk; ++i) master_[i] = LoadAsFloat(my_params, plan_.dtype, i);
+  }
+
+  const auto& mine = plan_.pieces[rank_];
+  pieces_.resize(mine.size());
+  piece_of_tensor_.assign(plan_.tensors.size(), -1);
+  std::vector<TensorSlice> slices;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    Piece& p = pieces_[i];
+    p.piece = mine[i];
+    const auto& t = plan_.tensors[p.piece.tensor];
+    p.geom = t.geom;
+    piece_of_tensor_[p.piece.tensor] = static_cast<int>(i);
+    const int64_t n = p.piece.end - p.piece.begin;
+    p.exp_avg.assign(n, 0.0f);
+    TensorSlice s;
+    s.geom = t.geom;
+    s.begin = p.piece.begin;
+    s.end = p.piece.end;
+    s.group = t.spec.group;
+    s.grad = my_grads + p.piece.chunk_offset * elem_size_;
+    s.grad_dtype = plan_.dtype;
+    if (fp32) {
+      s.master = reinterpret_cast<float*>(my_params) + p.piece.chunk_offset;
+    } else {
+      s.master = master_.data() + p.piece.chunk_offset;
+      s.param = my_params + p.piece.chunk_offset * elem_size_;
+      s.param_dtype = plan_.dtype;
+    }
+    s.exp_avg = p.exp_avg.data();
+    if (t.geom.factored) {
+      p.sq_row.assign(t.geom.rows(), 0.0f);
+      p.sq_col.assign(t.geom.cols(), 0.0f);
+      p.res_row.assign(t.geom.rows(), 0.0f);
+      p.res_col.assign(t.geom.cols(), 0.0f);
+      s.exp_avg_sq_row = p.sq_row.data();
+      s.exp_avg_sq_col = p.sq_col.data();
+      s.exp_avg_res_row = p.res_row.data();
+      s.exp_avg_res_col = p.res_col.data();
+    } else {
+      p.exp_avg_sq.assign(n, 0.0f);
+      s.exp_avg_sq = p.exp_avg_sq.data();
+    }
+    slices.push_back(s);
+  }
+  cpu_ = std::make_unique<CpuCame>(std::move(slices), options_.num_threads);
+  sums_.assign(cpu_->stats_size(), 0.0);
+  sum_sq_.assign(pieces_.size(), 0.0);
+  clip_.assign(pieces_.size(), 1.0);
+
+  // Packed layout of split tensors' partial sums (Note [Split tensors]).
+  split_offset_.assign(plan_.tensors.size(), -1);
+  packed_stats_size_ = 0;
+  for (int t : plan_.split_tensors) {
+    split_offset_[t] = packed_stats_size_;
+    packed_stats_size_ += plan_.tensors[t].geom.stats_size();
+  }
+  packed_.assign(1 + std::max<int64_t>(packed_stats_size_, plan_.split_tensors.size()), 0.0);
+  step_groups_ = options_.groups;
+  return absl::OkStatus();
+}
+
+// Completes the partial sums of split tensors across ranks (Note [Split tensors]).
+// kind 0: factored stats (phase 1, with `extra` = the global sum of g^2 in front);
+// kind 1: per-tensor sums of u^2 (phase 3); kind 2: factored residual stats (phase 4).
+absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind, double* extra,
+                                       absl::Duration timeout) {
+  if (plan_.world_size == 1) return absl::OkStatus();
+  const bool has_extra = extra != nullptr;
+  if (plan_.split_tensors.empty() && !has_extra) return absl::OkStatus();
+  const int64_t base = has_extra ? 1 : 0;
+  const int64_t size = base + (kind == 1 ? static_cast<int64_t>(plan_.split_tensors.size())
+                                         : packed_stats_size_);
+  std::fill(packed_.begin(), packed_.begin() + size, 0.0);
+  if (has_extra) packed_[0] = *extra;
+  auto for_each_split_piece = [&](auto&& fn) {
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      const int t = pieces_[i].piece.tensor;
+      if (!plan_.tensors[t].split()) continue;
+      fn(static_cast<int>(i), t);
+    }
+  };
+  // Position of a split tensor in the kind-1 buffer: its index among split tensors.
+  auto split_index = [&](int t) {
+    return std::lower_bound(plan_.split_tensors.begin(), plan_.split_tensors.end(), t) -
+           plan_.split_tensors.begin();
+  };
+  for_each_split_piece([&](int i, int t) {
+    if (kind == 1) {
+      packed_[base + split_index(t)] = local[i];
+    } else {
+      const int64_t n = plan_.tensors[t].geom.stats_size();
+      std::copy_n(&local[cpu_->stats_offset(i)], n, &packed_[base + split_offset_[t]]);
+    }
+  });
+  absl::Status s = comm_->AllReduce(packed_.data(), size, comm::ElemType::kFloat64,
+                                    comm::ReduceOp::kSum, timeout);
+  if (!s.ok()) return s;
+  if (has_extra) *extra = packed_[0];
+  for_each_split_piece([&](int i, int t) {
+    if (kind == 1) {
+      local[i] = packed_[base + split_index(t)];
+    } else {
+      const int64_t n = plan_.tensors[t].geom.stats_size();
+      std::copy_n(&packed_[base + split_offset_[t]], n, &local[cpu_->stats_offset(i)]);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
+  if (broken_)
+    return absl::FailedPreconditionError(
+        "the engine is unusable after a failed collective; restart from a checkpoint");
+  if (!inputs.lr.empty() && inputs.lr.size() != options_.groups.size())
+    return absl::InvalidArgumentError(absl::StrCat("expected ", options_.groups.size(),
+                                                   " learning rates (one per group), got ",
+                                                   inputs.lr.size()));
+  for (size_t g = 0; g < inputs.lr.size(); ++g)
+    if (!(inputs.lr[g] >= 0) || !std::isfinite(inputs.lr[g]))
+      return absl::InvalidArgumentError(absl::StrCat("lr of group ", g, " must be >= 0"));
+  for (size_t g = 0; g < step_groups_.size(); ++g)
+    step_groups_[g].lr = inputs.lr.empty() ? options_.groups[g].lr : inputs.lr[g];
+
+  using Clock = std::chrono::steady_clock;
+  const absl::Duration timeout = options_.collective_timeout;
+  const comm::CommStats before = comm_->stats();
+  EngineStepStats out;
+  const auto t_start = Clock::now();
+  auto fail = [&](absl::Status s) {
+    broken_ = true;
+    return s;
+  };
+
+  // 2. Reduce-scatter (average) of the gradients: rank k keeps chunk k, in place.
+  auto t0 = Clock::now();
+  uint8_t* my_grads = grads_ + rank_ * plan_.chunk_size * elem_size_;
+  if (plan_.world_size > 1) {
+    if (absl::Status s = comm_->ReduceScatter(grads_, my_grads, plan_.chunk_size,
+                                              ElemTypeOf(plan_.dtype), comm::ReduceOp::kAvg,
+                                              timeout);
+        !s.ok())
+      return fail(s);
+  }
+  out.seconds.reduce_scatter = SecondsSince(t0);
+
+  // 3-4. Statistics of g^2, with the global sum of g^2 in the same all-reduce.
+  t0 = Clock::now();
+  double sum_sq = cpu_->GradStats(sums_).sum_sq;
+  out.seconds.kernels += SecondsSince(t0);
+  t0 = Clock::now();
+  if (absl::Status s = CompleteSums(sums_, 0, &sum_sq, timeout); !s.ok()) return fail(s);
+  out.seconds.stats_all_reduce += SecondsSince(t0);
+  out.grad_norm = std::sqrt(sum_sq);
+  if (!std::isfinite(sum_sq)) {
+    out.skipped = true;
+    out.seconds.total = SecondsSince(t_start);
+    return out;
+  }
+  out.grad_scale = GradNormScale(out.grad_norm, options_.max_grad_norm);
+
+  t0 = Clock::now();
+  cpu_->UpdateSecondMoments(sums_, step_groups_, out.grad_scale);
+  cpu_->UpdateSquares(sum_sq_);
+  out.seconds.kernels += SecondsSince(t0);
+
+  // 5. Sums of u^2 of split tensors, then the clip scale of every tensor.
+  t0 = Clock::now();
+  if (absl::Status s = CompleteSums(sum_sq_, 1, nullptr, timeout); !s.ok()) return fail(s);
+  out.seconds.stats_all_reduce += SecondsSince(t0);
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const auto& t = plan_.tensors[pieces_[i].piece.tensor];
+    clip_[i] = ClipScale(sum_sq_[i], static_cast<double>(t.geom.numel),
+                         step_groups_[t.spec.group].clip_threshold);
+    out.min_clip_scale = std::min(out.min_clip_scale, clip_[i]);
+  }
+
+  // 6. Momentum and residual statistics.
+  t0 = Clock::now();
+  cpu_->Momentum(clip_, sums_);
+  out.seconds.kernels += SecondsSince(t0);
+  t0 = Clock::now();
+  if (absl::Status s = CompleteSums(sums_, 2, nullptr, timeout); !s.ok()) return fail(s);
+  out.seconds.stats_all_reduce += SecondsSince(t0);
+
+  // 7. Residual EMAs and the parameter update of this chunk.
+  t0 = Clock::now();
+  cpu_->UpdateResiduals(sums_);
+  cpu_->Apply();
+  out.seconds.kernels += SecondsSince(t0);
+
+  // 8. All-gather of the parameter chunks, in the parameters' dtype.
+  t0 = Clock::now();
+  if (plan_.world_size > 1) {
+    if (absl::Status s = comm_->AllGather(params_ + rank_ * plan_.chunk_size * elem_size_,
+                                          params_, plan_.chunk_size, ElemTypeOf(plan_.dtype),
+                                          timeout);
+        !s.ok())
+      return fail(s);
+  }
+  out.seconds.all_gather = SecondsSince(t0);
+  out.seconds.total = SecondsSince(t_start);
+
+  const comm::CommStats after = comm_->stats();
+  auto delta = [&](comm::CollectiveKind k) {
+    return after.of(k).bytes_sent - before.of(k).bytes_sent;
+  };
+  out.bytes_reduce_scatter = delta(comm::CollectiveKind::kReduceScatter);
+  out.bytes_stats = delta(comm::CollectiveKind::kAllReduce);
+  out.bytes_all_gather = delta(comm::CollectiveKind::kAllGather);
+  ++steps_taken_;
+  return out;
+}
+
+StateBytes ShardedCame::state_bytes() const {
+  StateBytes b;
+  b.master = static_cast<int64_t>(master_.size() * sizeof(float));
+  for (const Piece& p : pieces_) {
+    b.momentum += p.exp_avg.size() * sizeof(float);
+    b.second_moment += p.exp_avg_sq.size() * sizeof(float);
+    b.factored += (p.sq_row.size() + p.sq_col.size() + p.res_row.size() + p.res_col.size()) *
+                  sizeof(float);
+  }
+  return b;
+}
+
+TensorStateView ShardedCame::tensor_state(int t) const {
+  TensorStateView v;
+  const int i = t >= 0 && t < static_cast<int>(piece_of_tensor_.size()) ? piece_of_tensor_[t] : -1;
+  if (i < 0) return v;
+  const Piece& p = pieces_[i];
+  v.begin = p.piece.begin;
+  v.end = p.piece.end;
+  v.exp_avg = p.exp_avg;
+  v.exp_avg_sq = p.exp_avg_sq;
+  v.exp_avg_sq_row = p.sq_row;
+  v.exp_avg_sq_col = p.sq_col;
+  v.exp_avg_res_row = p.res_row;
+  v.exp_avg_res_col = p.res_col;
+  v.master = {cpu_->slices()[i].master, static_cast<size_t>(p.piece.end - p.piece.begin)};
+  return v;
+}
+
+absl::Status ShardedCame::SetTensorState(int t, const TensorStateView& v) {
+  if (t < 0 || t >= static_cast<int>(piece_of_tensor_.size()))
+    return absl::InvalidArgumentError(absl::StrCat("no tensor ", t));
+  const int i = piece_of_tensor_[t];
+  if (i < 0) return absl::FailedPreconditionError(absl::StrCat("rank ", rank_, " holds no part of tensor ", t));
+  Piece& p = pieces_[i];
+  auto copy = [&](std::span<const float> from, std::vector<float>& to, const char* what) {
+    if (from.size() != to.size())
+      return absl::InvalidArgumentError(absl::StrCat(plan_.tensors[t].spec.name, ": ", what,
+                                                     " has ", from.size(), " values, expected ",
+                                                     to.size()));
+    std::copy(from.begin(), from.end(), to.begin());
+    return absl::OkStatus();
+  };
+  if (v.begin != p.piece.begin || v.end != p.piece.end)
+    return absl::InvalidArgumentError(absl::StrCat(plan_.tensors[t].spec.name,
+                                                   ": state covers the wrong element range"));
+  for (auto [from, to, what] :
+       {std::tuple{v.exp_avg, &p.exp_avg, "exp_avg"}, std::tuple{v.exp_avg_sq, &p.exp_avg_sq, "exp_avg_sq"},
+        std::tuple{v.exp_avg_sq_row, &p.sq_row, "exp_avg_sq_row"},
+        std::tuple{v.exp_avg_sq_col, &p.sq_col, "exp_avg_sq_col"},
+        std::tuple{v.exp_avg_res_row, &p.res_row, "exp_avg_res_row"},
+        std::tuple{v.exp_avg_res_col, &p.res_col, "exp_avg_res_col"}})
+    if (absl::Status s = copy(from, *to, what); !s.ok()) return s;
+  if (!v.master.empty()) {
+    if (v.master.size() != static_cast<size_t>(p.piece.end - p.piece.begin))
+      return absl::InvalidArgumentError("master has the wrong size");
+    const TensorSlice& s = cpu_->slices()[i];
+    std::copy(v.master.begin(), v.master.end(), s.master);
+    if (s.param != nullptr)
+      for (size_t k = 0; k < v.master.size(); ++k) StoreFromFloat(s.param, s.param_dtype, k, v.master[k]);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace came

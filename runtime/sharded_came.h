@@ -1,0 +1,147 @@
+// ShardedCame: one rank's part of a ZeRO-style CAME optimizer (DESIGN.md, "One optimizer
+// step"). The only place where kernels and communicators meet.
+//
+// Ownership: the flat parameter and gradient buffers (ShardPlan::padded_size elements of the
+// plan's dtype each) belong to the caller (rankd's shared memory, or a test) and must outlive
+// the engine; the engine owns this rank's optimizer state: the fp32 master copy of its chunk
+// (only when parameters are bf16/fp16; fp32 parameters are updated in place), the momentum,
+// the second moment of unfactored pieces, and the row/column statistics of every factored
+// tensor that intersects its chunk (Note [Split tensors]).
+//
+// Note [Split tensors]
+// Every rank that holds a piece of a split tensor keeps the full row and column statistics
+// of that tensor and updates them from the same all-reduced sums, so the copies stay
+// identical. Between kernel phases the partial sums of split tensors are packed into one
+// buffer per phase, in plan order (ranks that do not share a tensor contribute zeros),
+// all-reduced and unpacked: three small all-reduces per step whose size is
+// O(sum of rows + cols of split tensors), the first of which also carries the global sum of
+// g^2 (finiteness and gradient-norm clipping). Whole tensors need no communication.
+//
+// Thread-safety: Step and the state accessors must be called from one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kernels/came_math.h"
+#include "kernels/cpu_came.h"
+#include "runtime/comm/communicator.h"
+#include "runtime/shard_plan.h"
+
+namespace came {
+
+struct EngineOptions {
+  std::vector<CameHyper> groups;   // hyperparameters per parameter group (index = group)
+  double max_grad_norm = 0.0;      // > 0: clip the global gradient norm (clip_grad_norm_)
+  int num_threads = 1;             // CPU kernel threads
+  absl::Duration collective_timeout = absl::Minutes(5);
+};
+
+// Per-step inputs; lr overrides the group's lr when set (LR schedulers).
+struct StepInputs {
+  int64_t step = 0;
+  std::vector<double> lr;  // empty, or one per group
+};
+
+struct PhaseTimes {
+  double reduce_scatter = 0.0;  // seconds
+  double stats_all_reduce = 0.0;
+  double kernels = 0.0;
+  double all_gather = 0.0;
+  double total = 0.0;
+};
+
+struct EngineStepStats {
+  bool skipped = false;        // a non-finite gradient somewhere: nothing changed anywhere
+  double grad_norm = 0.0;      // global L2 norm of the averaged gradient
+  double grad_scale = 1.0;     // gradient-norm clip factor
+  double min_clip_scale = 1.0; // smallest update clip scale over this rank's tensors
+  PhaseTimes seconds;
+  int64_t bytes_reduce_scatter = 0;  // payload bytes this rank sent, per collective kind
+  int64_t bytes_stats = 0;
+  int64_t bytes_all_gather = 0;
+};
+
+// Optimizer state bytes held by this rank, by kind.
+struct StateBytes {
+  int64_t master = 0;       // fp32 master copy (low-precision parameters only)
+  int64_t momentum = 0;     // exp_avg
+  int64_t second_moment = 0;  // exp_avg_sq of unfactored pieces
+  int64_t factored = 0;     // row/column statistics (sq and res)
+  int64_t total() const { return master + momentum + second_moment + factored; }
+};
+
+// This rank's state of one tensor (for tests, checkpoints and diagnostics).
+struct TensorStateView {
+  int64_t begin = 0, end = 0;          // the owned element range
+  std::span<const float> exp_avg;      // [begin, end)
+  std::span<const float> exp_avg_sq;   // unfactored: [begin, end)
+  std::span<const float> exp_avg_sq_row, exp_avg_sq_col;    // factored: whole tensor
+  std::span<const float> exp_avg_res_row, exp_avg_res_col;  // factored: whole tensor
+  std::span<const float> master;       // [begin, end)
+};
+
+class ShardedCame {
+ public:
+  // Builds rank comm->rank()'s engine for `plan` (made for comm->size() ranks) over the
+  // caller's flat buffers. The master copy is initialised from `params`. InvalidArgument when
+  // the plan, the groups or the communicator do not fit together.
+  static absl::StatusOr<std::unique_ptr<ShardedCame>> Create(const ShardPlan& plan,
+                                                             comm::Communicator* comm,
+                                                             void* params, void* grads,
+                                                             EngineOptions options);
+  ~ShardedCame();
+
+  // Runs one optimizer step on the gradients in the flat gradient buffer (every rank's own)
+  // and leaves the updated parameters in every rank's parameter buffer. A communicator
+  // failure returns its status (DeadlineExceeded, Aborted, ...) and leaves the engine broken:
+  // later steps return FailedPrecondition.
+  absl::StatusOr<EngineStepStats> Step(const StepInputs& inputs);
+
+  const ShardPlan& plan() const { return plan_; }
+  const EngineOptions& options() const { return options_; }
+  StateBytes state_bytes() const;
+  // Returns this rank's state of tensor t; empty ranges when the rank holds none of it.
+  TensorStateView tensor_state(int t) const;
+  // Replaces this rank's state of tensor t (checkpoint loading): spans as in tensor_state.
+  absl::Status SetTensorState(int t, const TensorStateView& state);
+  int64_t steps_taken() const { return steps_taken_; }
+
+ private:
+  struct Piece;  // one ShardPiece with its state buffers
+  ShardedCame(const ShardPlan& plan, comm::Communicator* comm, void* params, void* grads,
+              EngineOptions options);
+  absl::Status Init();
+  absl::Status CompleteSums(std::span<double> local, int kind, double* extra,
+                            absl::Duration timeout);
+
+  ShardPlan plan_;
+  comm::Communicator* comm_;
+  uint8_t* params_;
+  uint8_t* grads_;
+  EngineOptions options_;
+  int rank_;
+  size_t elem_size_;
+
+  std::vector<Piece> pieces_;
+  std::vector<int> piece_of_tensor_;     // tensor -> index into pieces_, or -1
+  std::vector<uint8_t> grad_chunk_;      // this rank's reduced gradient chunk
+  std::vector<float> master_;            // chunk_size floats when params are low precision
+  std::unique_ptr<CpuCame> cpu_;
+  // Step scratch (no allocation per step).
+  std::vector<double> sums_, sum_sq_, clip_;
+  std::vector<double> packed_;           // split-tensor partial sums, plan order
+  std::vector<int64_t> split_offset_;    // per split tensor: offset in packed_ (stats)
+  int64_t packed_stats_size_ = 0;
+  std::vector<CameHyper> step_groups_;
+  bool broken_ = false;
+  int64_t steps_taken_ = 0;
+};
+
+}  // namespace came
