@@ -213,6 +213,13 @@ const char* Verdict(double err, double tol) { return err <= tol ? "ok" : "FAIL";
 
 int Replay(const ReplayOptions& o) {
   const Runner& runner = *FindRunner(o.impl);
+  if (!o.out_path.empty()) {
+    std::error_code ec;
+    const std::filesystem::path parent =
+        std::filesystem::absolute(o.out_path, ec).parent_path();
+    if (ec || !std::filesystem::is_directory(parent, ec))
+      return Fail(o.out_path, "cannot write file: no such directory");
+  }
   auto text = ReadFile(o.case_path);
   if (!text.ok()) return Fail(o.case_path, Message(text.status()));
   auto parsed = ParseGoldenCase(*text, /*require_trajectory=*/o.out_path.empty());
