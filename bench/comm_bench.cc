@@ -45,8 +45,7 @@ std::vector<std::unique_ptr<Communicator>> MakeGroup(benchmark::State& state) {
   return group;
 }
 
-absl::Status RunOnce(Communicator& comm, Op op, std::vector<float>& buf,
-                     std::vector<float>& out) {
+absl::Status RunOnce(Communicator& comm, Op op, std::vector<float>& buf, std::vector<float>& out) {
   if (op == Op::kAllReduce) {
     return comm.AllReduce(buf.data(), buf.size(), ElemType::kFloat32, ReduceOp::kSum, kTimeout);
   }
@@ -81,10 +80,9 @@ void BM_Gloo(benchmark::State& state, Op op) {
   const CollectiveCounters counters = group[0]->stats().of(kind);
   const double calls = static_cast<double>(std::max<int64_t>(counters.calls, 1));
   state.counters["bytes_sent_per_rank"] = static_cast<double>(counters.bytes_sent) / calls;
-  state.counters["wire_bytes_per_second"] = benchmark::Counter(
-      static_cast<double>(counters.bytes_sent), benchmark::Counter::kIsRate);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
-                          static_cast<int64_t>(bytes));
+  state.counters["wire_bytes_per_second"] =
+      benchmark::Counter(static_cast<double>(counters.bytes_sent), benchmark::Counter::kIsRate);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
 }
 
 // A fixed, small iteration count (the helper rank must know it): each benchmark stays

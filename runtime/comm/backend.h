@@ -26,8 +26,8 @@ absl::StatusOr<Backend> ParseBackend(std::string_view name);
 bool NcclBuilt();
 
 struct CommunicatorOptions {
-  GlooOptions gloo;                               // kGloo
-  int cuda_device = 0;                            // kNccl: the rank's device
+  GlooOptions gloo;                                 // kGloo
+  int cuda_device = 0;                              // kNccl: the rank's device
   absl::Duration nccl_timeout = absl::Seconds(60);  // kNccl: id exchange and init
 };
 

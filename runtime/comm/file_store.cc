@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -24,7 +24,8 @@ namespace {
 constexpr size_t kMaxFileName = 255;
 
 absl::Status ErrnoStatus(std::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(std::string(what), " ", path, ": ", std::strerror(errno)));
+  return absl::InternalError(
+      absl::StrCat(std::string(what), " ", path, ": ", std::strerror(errno)));
 }
 
 // Escapes a key into a file name: [A-Za-z0-9._-] stay, every other byte becomes %XX.
@@ -104,8 +105,8 @@ absl::StatusOr<std::unique_ptr<FileStore>> FileStore::Create(std::string_view di
   }
   const std::string path(dir);
   if (::access(path.c_str(), W_OK | X_OK) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("FileStore directory ", std::string(dir), " is not writable: ", std::strerror(errno)));
+    return absl::FailedPreconditionError(absl::StrCat("FileStore directory ", std::string(dir),
+                                                      " is not writable: ", std::strerror(errno)));
   }
   return std::unique_ptr<FileStore>(new FileStore(path));
 }
@@ -113,8 +114,8 @@ absl::StatusOr<std::unique_ptr<FileStore>> FileStore::Create(std::string_view di
 absl::StatusOr<std::string> FileStore::PathOf(std::string_view key) const {
   std::string name = EscapeKey(key);
   if (name.size() > kMaxFileName) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("FileStore key too long (", key.size(), " bytes): ", std::string(key.substr(0, 64))));
+    return absl::InvalidArgumentError(absl::StrCat("FileStore key too long (", key.size(),
+                                                   " bytes): ", std::string(key.substr(0, 64))));
   }
   return absl::StrCat(dir_, "/", name);
 }

@@ -20,6 +20,7 @@
 #include "gloo/transport/unbound_buffer.h"
 #include "runtime/comm/host_reduce.h"
 #include "runtime/comm/prefix_store.h"
+#include "runtime/comm/status_macros.h"
 
 // Note [Gloo collectives]
 // The collectives are written here over Gloo's unbound buffers (point-to-point send/recv
@@ -51,12 +52,6 @@
 
 namespace came::comm {
 namespace {
-
-#define CAME_COMM_RETURN_IF_ERROR(expr)       \
-  do {                                        \
-    absl::Status _came_status = (expr);       \
-    if (!_came_status.ok()) return _came_status; \
-  } while (false)
 
 void IgnoreSigpipeOnce() {
   static absl::once_flag once;
@@ -137,7 +132,8 @@ const char* Bytes(const void* p) { return static_cast<const char*>(p); }
 
 absl::Status CheckBuffer(const void* p, size_t count, std::string_view name) {
   if (count > 0 && p == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(std::string(name), " is null with count ", count));
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(name), " is null with count ", count));
   }
   return absl::OkStatus();
 }
@@ -275,9 +271,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> GlooCommunicator::Create(Store& st
     }
     device = gloo::transport::tcp::CreateDevice(attr);
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot bind Gloo device to '", options.iface.empty() ? options.hostname : options.iface,
-        "': ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot bind Gloo device to '",
+                     options.iface.empty() ? options.hostname : options.iface, "': ", e.what()));
   }
 
   auto context = std::make_shared<gloo::rendezvous::Context>(rank, size);
@@ -291,8 +287,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> GlooCommunicator::Create(Store& st
                                        " failed: ", adapter.error().message()));
     }
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("Gloo connect of rank ", rank, " of ",
-                                                      size, " timed out: ", e.what()));
+      return absl::DeadlineExceededError(
+          absl::StrCat("Gloo connect of rank ", rank, " of ", size, " timed out: ", e.what()));
     }
     return absl::UnavailableError(
         absl::StrCat("Gloo connect of rank ", rank, " of ", size, " failed: ", e.what()));
@@ -353,14 +349,15 @@ absl::Status GlooCommunicator::Run(CollectiveKind kind, absl::Duration timeout, 
     status = body(call);
   } catch (const std::exception& e) {  // gloo::IoException, gloo::EnforceNotMet, ...
     if (!CheckUsable().ok()) {
-      status = absl::AbortedError(absl::StrCat(std::string(CollectiveName(kind)), ": aborted: ", e.what()));
+      status = absl::AbortedError(
+          absl::StrCat(std::string(CollectiveName(kind)), ": aborted: ", e.what()));
     } else if (absl::Now() >= call.deadline()) {
       status = absl::DeadlineExceededError(
           absl::StrCat(std::string(CollectiveName(kind)), " on rank ", rank_, " of ", size_,
                        " timed out after ", absl::FormatDuration(timeout), ": ", e.what()));
     } else {
-      status = absl::AbortedError(absl::StrCat(std::string(CollectiveName(kind)), " on rank ", rank_,
-                                               " failed (peer gone?): ", e.what()));
+      status = absl::AbortedError(absl::StrCat(std::string(CollectiveName(kind)), " on rank ",
+                                               rank_, " failed (peer gone?): ", e.what()));
     }
   }
   if (!status.ok()) Break(status);
@@ -402,16 +399,14 @@ absl::Status GlooCommunicator::AllReduce(void* buf, size_t count, ElemType type,
       const Block in = BlockOf(count, w, Mod(r - s - 1, w));
       CAME_COMM_RETURN_IF_ERROR(call.SendRecv(Mod(r + 1, w), data + out.offset * elem,
                                               out.count * elem, Mod(r - 1, w),
-                                              data + in.offset * elem, in.count * elem,
-                                              w - 1 + s));
+                                              data + in.offset * elem, in.count * elem, w - 1 + s));
     }
     return absl::OkStatus();
   });
 }
 
 absl::Status GlooCommunicator::ReduceScatter(const void* send, void* recv, size_t recv_count,
-                                             ElemType type, ReduceOp op,
-                                             absl::Duration timeout) {
+                                             ElemType type, ReduceOp op, absl::Duration timeout) {
   CAME_COMM_RETURN_IF_ERROR(CheckBuffer(send, recv_count, "ReduceScatter send"));
   CAME_COMM_RETURN_IF_ERROR(CheckBuffer(recv, recv_count, "ReduceScatter recv"));
   CAME_COMM_RETURN_IF_ERROR(CheckCount(recv_count, type, size_));
@@ -471,8 +466,8 @@ absl::Status GlooCommunicator::Broadcast(void* buf, size_t count, ElemType type,
   CAME_COMM_RETURN_IF_ERROR(CheckBuffer(buf, count, "Broadcast buf"));
   CAME_COMM_RETURN_IF_ERROR(CheckCount(count, type, 1));
   if (root < 0 || root >= size_) {
-    return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " not in [0, ",
-                                                   size_, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("broadcast root ", root, " not in [0, ", size_, ")"));
   }
   const size_t bytes = count * ElemSize(type);
   return Run(CollectiveKind::kBroadcast, timeout, 1, [&](Call& call) {

@@ -56,15 +56,13 @@ absl::Status CheckReduceOp(ElemType type, ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
     case ReduceOp::kMax:
-    case ReduceOp::kAvg:
-      break;
+    case ReduceOp::kAvg: break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown reduce op ", static_cast<int>(op)));
+      return absl::InvalidArgumentError(absl::StrCat("unknown reduce op ", static_cast<int>(op)));
   }
   if (ElemSize(type) == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown element type ",
-                                                   static_cast<int>(type)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown element type ", static_cast<int>(type)));
   }
   return absl::OkStatus();
 }

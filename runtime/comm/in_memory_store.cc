@@ -20,8 +20,8 @@ absl::StatusOr<std::string> InMemoryStore::Get(std::string_view key, absl::Durat
   absl::MutexLock lock(&mu_);
   auto is_set = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return values_.contains(k); };
   if (!mu_.AwaitWithTimeout(absl::Condition(&is_set), timeout)) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("store key '", std::string(key), "' not set within ", absl::FormatDuration(timeout)));
+    return absl::DeadlineExceededError(absl::StrCat(
+        "store key '", std::string(key), "' not set within ", absl::FormatDuration(timeout)));
   }
   return values_.at(k);
 }

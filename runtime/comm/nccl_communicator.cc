@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "runtime/comm/status_macros.h"
 
 // Note [NCCL deadlines]
 // NCCL collectives block the GPU, not the host, and a missing peer makes them spin forever.
@@ -29,12 +30,6 @@ namespace came::comm {
 namespace {
 
 constexpr absl::Duration kPollInterval = absl::Microseconds(20);
-
-#define CAME_COMM_RETURN_IF_ERROR(expr)          \
-  do {                                           \
-    absl::Status _came_status = (expr);          \
-    if (!_came_status.ok()) return _came_status; \
-  } while (false)
 
 absl::Status CudaError(cudaError_t err, std::string_view what) {
   return absl::InternalError(
@@ -80,6 +75,27 @@ absl::Status CheckArgs(const void* a, const void* b, size_t count, ElemType type
   }
   return absl::OkStatus();
 }
+
+// Makes a device current for its lifetime and restores the caller's device afterwards, so
+// that calls from any thread leave that thread's CUDA state as they found it.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    error_ = previous_ == device ? cudaSuccess : cudaSetDevice(device);
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+  cudaError_t error() const { return error_; }
+
+ private:
+  int previous_ = -1;
+  cudaError_t error_ = cudaSuccess;
+};
 
 // Polls the communicator's asynchronous state until it leaves ncclInProgress.
 absl::Status PollComm(ncclComm_t comm, absl::Time deadline, std::string_view what) {
@@ -147,8 +163,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Store& st
   }
   if (absl::Status ready = PollComm(comm, deadline, "NCCL communicator init"); !ready.ok()) {
     ncclCommAbort(comm);
-    return absl::Status(ready.code(), absl::StrCat("rank ", rank, " of ", size, ": ",
-                                                   ready.message()));
+    return absl::Status(ready.code(),
+                        absl::StrCat("rank ", rank, " of ", size, ": ", ready.message()));
   }
 
   cudaStream_t stream = nullptr;
@@ -178,7 +194,7 @@ NcclCommunicator::NcclCommunicator(int rank, int size, int device, ncclComm* com
       comm_(comm) {}
 
 NcclCommunicator::~NcclCommunicator() {
-  cudaSetDevice(device_);
+  DeviceGuard guard(device_);
   {
     absl::MutexLock lock(&mu_);
     if (comm_ != nullptr) ncclCommAbort(comm_);
@@ -200,7 +216,7 @@ void NcclCommunicator::Abort() {
     abort_requested_.store(true);
     return;
   }
-  cudaSetDevice(device_);
+  DeviceGuard guard(device_);
   AbortLocked(absl::AbortedError("Abort() was called"));
 }
 
@@ -210,8 +226,8 @@ CommStats NcclCommunicator::stats() const {
 }
 
 template <typename Enqueue>
-absl::Status NcclCommunicator::Run(CollectiveKind kind, absl::Duration timeout,
-                                   int64_t bytes_sent, Enqueue&& enqueue) {
+absl::Status NcclCommunicator::Run(CollectiveKind kind, absl::Duration timeout, int64_t bytes_sent,
+                                   Enqueue&& enqueue) {
   const std::string name(CollectiveName(kind));
   if (timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": timeout must be positive"));
@@ -228,8 +244,9 @@ absl::Status NcclCommunicator::Run(CollectiveKind kind, absl::Duration timeout,
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + timeout;
   absl::Status status;
-  if (cudaError_t err = cudaSetDevice(device_); err != cudaSuccess) {
-    status = CudaError(err, "cudaSetDevice");
+  DeviceGuard guard(device_);
+  if (guard.error() != cudaSuccess) {
+    status = CudaError(guard.error(), "cudaSetDevice");
   } else {
     const ncclResult_t res = enqueue(comm);
     if (res != ncclSuccess && res != ncclInProgress) {
@@ -252,9 +269,9 @@ absl::Status NcclCommunicator::Run(CollectiveKind kind, absl::Duration timeout,
       } else if (abort_requested_.load()) {
         status = absl::AbortedError(absl::StrCat(name, ": Abort() was called"));
       } else if (absl::Now() >= deadline) {
-        status = absl::DeadlineExceededError(absl::StrCat(
-            name, " on rank ", rank_, " of ", size_, " timed out after ",
-            absl::FormatDuration(timeout)));
+        status = absl::DeadlineExceededError(absl::StrCat(name, " on rank ", rank_, " of ", size_,
+                                                          " timed out after ",
+                                                          absl::FormatDuration(timeout)));
       } else {
         absl::SleepFor(kPollInterval);
       }
@@ -287,13 +304,11 @@ absl::Status NcclCommunicator::AllReduce(void* buf, size_t count, ElemType type,
 }
 
 absl::Status NcclCommunicator::ReduceScatter(const void* send, void* recv, size_t recv_count,
-                                             ElemType type, ReduceOp op,
-                                             absl::Duration timeout) {
+                                             ElemType type, ReduceOp op, absl::Duration timeout) {
   CAME_COMM_RETURN_IF_ERROR(CheckArgs(send, recv, recv_count, type));
   absl::StatusOr<ncclRedOp_t> nccl_op = NcclOp(op);
   if (!nccl_op.ok()) return nccl_op.status();
-  const int64_t sent =
-      (size_ - 1) * static_cast<int64_t>(recv_count * ElemSize(type));
+  const int64_t sent = (size_ - 1) * static_cast<int64_t>(recv_count * ElemSize(type));
   return Run(CollectiveKind::kReduceScatter, timeout, sent, [&](ncclComm_t comm) {
     if (recv_count == 0) return ncclSuccess;
     return ncclReduceScatter(send, recv, recv_count, NcclType(type), *nccl_op, comm, stream_);
@@ -303,8 +318,7 @@ absl::Status NcclCommunicator::ReduceScatter(const void* send, void* recv, size_
 absl::Status NcclCommunicator::AllGather(const void* send, void* recv, size_t send_count,
                                          ElemType type, absl::Duration timeout) {
   CAME_COMM_RETURN_IF_ERROR(CheckArgs(send, recv, send_count, type));
-  const int64_t sent =
-      (size_ - 1) * static_cast<int64_t>(send_count * ElemSize(type));
+  const int64_t sent = (size_ - 1) * static_cast<int64_t>(send_count * ElemSize(type));
   return Run(CollectiveKind::kAllGather, timeout, sent, [&](ncclComm_t comm) {
     if (send_count == 0) return ncclSuccess;
     return ncclAllGather(send, recv, send_count, NcclType(type), comm, stream_);
@@ -318,8 +332,7 @@ absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, ElemType type,
     return absl::InvalidArgumentError(
         absl::StrCat("broadcast root ", root, " not in [0, ", size_, ")"));
   }
-  const int64_t sent =
-      size_ > 1 ? static_cast<int64_t>(count * ElemSize(type)) : 0;
+  const int64_t sent = size_ > 1 ? static_cast<int64_t>(count * ElemSize(type)) : 0;
   return Run(CollectiveKind::kBroadcast, timeout, sent, [&](ncclComm_t comm) {
     if (count == 0) return ncclSuccess;
     return ncclBroadcast(buf, buf, count, NcclType(type), root, comm, stream_);

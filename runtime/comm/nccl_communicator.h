@@ -3,11 +3,14 @@
 // CAME_WITH_CUDA is ON; CreateCommunicator (backend.h) reports FailedPrecondition otherwise.
 //
 // Thread-safety: one thread at a time calls the collectives (it need not be the thread that
-// called Create: each call selects the communicator's device); Abort and stats may be called
-// from any thread. The communicator owns its ncclComm_t, one CUDA stream and a 4-byte
-// device buffer for Barrier. Buffers passed to the collectives belong to the caller and must
-// be device memory of this communicator's device; every call returns only once the device is
-// done with them (or the communicator was aborted).
+// called Create: each call makes the communicator's device current and restores the
+// caller's); Abort and stats may be called from any thread. The communicator owns its
+// ncclComm_t, one non-blocking CUDA stream and a 4-byte device buffer for Barrier. Buffers
+// passed to the collectives belong to the caller and must be device memory of this
+// communicator's device, already holding their data: the collectives run on the
+// communicator's own stream, which is not ordered after the caller's streams (synchronize
+// the stream that produced a buffer before the call). Every call returns only once the
+// device is done with the buffers (or the communicator was aborted).
 #pragma once
 
 #include <atomic>
@@ -21,8 +24,8 @@
 #include "runtime/comm/communicator.h"
 #include "runtime/comm/store.h"
 
-struct ncclComm;      // ncclComm_t
-struct CUstream_st;   // cudaStream_t
+struct ncclComm;     // ncclComm_t
+struct CUstream_st;  // cudaStream_t
 
 namespace came::comm {
 
@@ -39,8 +42,7 @@ class NcclCommunicator final : public Communicator {
   // do not arrive in time (the half-built communicator is aborted); Internal for other NCCL
   // or CUDA errors. Makes `device` current on the calling thread.
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank, int size,
-                                                              int device,
-                                                              absl::Duration timeout);
+                                                              int device, absl::Duration timeout);
 
   // Aborts the NCCL communicator (local, never blocks on peers) and frees the stream.
   ~NcclCommunicator() override;

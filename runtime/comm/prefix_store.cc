@@ -5,12 +5,14 @@
 namespace came::comm {
 
 absl::StatusOr<std::unique_ptr<PrefixStore>> PrefixStore::Create(std::string_view prefix,
-                                                                  Store& base) {
+                                                                 Store& base) {
   if (prefix.empty()) return absl::InvalidArgumentError("PrefixStore needs a non-empty prefix");
   return std::unique_ptr<PrefixStore>(new PrefixStore(std::string(prefix), base));
 }
 
-std::string PrefixStore::Key(std::string_view key) const { return absl::StrCat(prefix_, "/", std::string(key)); }
+std::string PrefixStore::Key(std::string_view key) const {
+  return absl::StrCat(prefix_, "/", std::string(key));
+}
 
 absl::Status PrefixStore::Set(std::string_view key, std::string_view value) {
   return base_.Set(Key(key), value);

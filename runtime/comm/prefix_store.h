@@ -17,8 +17,7 @@ class PrefixStore final : public Store {
  public:
   // Returns a store that prefixes keys with `prefix` + "/". InvalidArgument for an empty
   // prefix (it would not namespace anything).
-  static absl::StatusOr<std::unique_ptr<PrefixStore>> Create(std::string_view prefix,
-                                                             Store& base);
+  static absl::StatusOr<std::unique_ptr<PrefixStore>> Create(std::string_view prefix, Store& base);
 
   absl::Status Set(std::string_view key, std::string_view value) override;
   absl::StatusOr<std::string> Get(std::string_view key, absl::Duration timeout) override;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -50,8 +51,7 @@ struct GlooBackend {
   using Buffer = HostBuffer;
   static constexpr bool kPeersSeeAbort = true;  // Abort closes the TCP connections
   static std::string SkipReason(int /*world*/) { return ""; }
-  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank,
-                                                              int world) {
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank, int world) {
     GlooOptions options;
     options.connect_timeout = absl::Seconds(20);
     return GlooCommunicator::Create(store, rank, world, options);
@@ -91,8 +91,7 @@ struct NcclBackend {
     if (devices < world) return absl::StrCat("W=", world, " needs ", world, " CUDA devices");
     return "";
   }
-  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank,
-                                                              int world) {
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank, int world) {
     return NcclCommunicator::Create(store, rank, world, /*device=*/rank, absl::Seconds(60));
   }
 };
@@ -103,8 +102,7 @@ struct NcclBackend {
   static std::string SkipReason(int /*world*/) {
     return "no CUDA device (built without CUDA: CAME_WITH_CUDA=OFF)";
   }
-  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank,
-                                                              int world) {
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Store& store, int rank, int world) {
     return CreateCommunicator(Backend::kNccl, store, rank, world);
   }
 };
@@ -112,7 +110,9 @@ struct NcclBackend {
 
 // Values are small integers so that every type, fp16 and bf16 included, holds them and
 // their sums over 4 ranks exactly.
-double Value(int rank, size_t i) { return static_cast<double>((i * 7 + static_cast<size_t>(rank) * 3) % 11); }
+double Value(int rank, size_t i) {
+  return static_cast<double>((i * 7 + static_cast<size_t>(rank) * 3) % 11);
+}
 
 std::vector<char> Encode(const std::vector<double>& values, ElemType type) {
   std::vector<char> out(values.size() * ElemSize(type));
@@ -120,13 +120,37 @@ std::vector<char> Encode(const std::vector<double>& values, ElemType type) {
     const double v = values[i];
     char* p = out.data() + i * ElemSize(type);
     switch (type) {
-      case ElemType::kFloat32: { const float x = static_cast<float>(v); std::memcpy(p, &x, 4); break; }
+      case ElemType::kFloat32: {
+        const float x = static_cast<float>(v);
+        std::memcpy(p, &x, 4);
+        break;
+      }
       case ElemType::kFloat64: std::memcpy(p, &v, 8); break;
-      case ElemType::kFloat16: { const uint16_t x = FloatToHalf(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
-      case ElemType::kBFloat16: { const uint16_t x = FloatToBFloat16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
-      case ElemType::kInt32: { const int32_t x = static_cast<int32_t>(v); std::memcpy(p, &x, 4); break; }
-      case ElemType::kInt64: { const int64_t x = static_cast<int64_t>(v); std::memcpy(p, &x, 8); break; }
-      case ElemType::kUInt8: { const uint8_t x = static_cast<uint8_t>(v); std::memcpy(p, &x, 1); break; }
+      case ElemType::kFloat16: {
+        const uint16_t x = FloatToHalf(static_cast<float>(v));
+        std::memcpy(p, &x, 2);
+        break;
+      }
+      case ElemType::kBFloat16: {
+        const uint16_t x = FloatToBFloat16(static_cast<float>(v));
+        std::memcpy(p, &x, 2);
+        break;
+      }
+      case ElemType::kInt32: {
+        const int32_t x = static_cast<int32_t>(v);
+        std::memcpy(p, &x, 4);
+        break;
+      }
+      case ElemType::kInt64: {
+        const int64_t x = static_cast<int64_t>(v);
+        std::memcpy(p, &x, 8);
+        break;
+      }
+      case ElemType::kUInt8: {
+        const uint8_t x = static_cast<uint8_t>(v);
+        std::memcpy(p, &x, 1);
+        break;
+      }
     }
   }
   return out;
@@ -138,13 +162,43 @@ std::vector<double> Decode(const std::vector<char>& bytes, ElemType type) {
   for (size_t i = 0; i < n; ++i) {
     const char* p = bytes.data() + i * ElemSize(type);
     switch (type) {
-      case ElemType::kFloat32: { float x; std::memcpy(&x, p, 4); out[i] = x; break; }
+      case ElemType::kFloat32: {
+        float x;
+        std::memcpy(&x, p, 4);
+        out[i] = x;
+        break;
+      }
       case ElemType::kFloat64: std::memcpy(&out[i], p, 8); break;
-      case ElemType::kFloat16: { uint16_t x; std::memcpy(&x, p, 2); out[i] = HalfToFloat(x); break; }
-      case ElemType::kBFloat16: { uint16_t x; std::memcpy(&x, p, 2); out[i] = BFloat16ToFloat(x); break; }
-      case ElemType::kInt32: { int32_t x; std::memcpy(&x, p, 4); out[i] = x; break; }
-      case ElemType::kInt64: { int64_t x; std::memcpy(&x, p, 8); out[i] = static_cast<double>(x); break; }
-      case ElemType::kUInt8: { uint8_t x; std::memcpy(&x, p, 1); out[i] = x; break; }
+      case ElemType::kFloat16: {
+        uint16_t x;
+        std::memcpy(&x, p, 2);
+        out[i] = HalfToFloat(x);
+        break;
+      }
+      case ElemType::kBFloat16: {
+        uint16_t x;
+        std::memcpy(&x, p, 2);
+        out[i] = BFloat16ToFloat(x);
+        break;
+      }
+      case ElemType::kInt32: {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        out[i] = x;
+        break;
+      }
+      case ElemType::kInt64: {
+        int64_t x;
+        std::memcpy(&x, p, 8);
+        out[i] = static_cast<double>(x);
+        break;
+      }
+      case ElemType::kUInt8: {
+        uint8_t x;
+        std::memcpy(&x, p, 1);
+        out[i] = x;
+        break;
+      }
     }
   }
   return out;
@@ -189,8 +243,8 @@ std::string TypeName(ElemType t) {
   return kNames[static_cast<int>(t)];
 }
 
-constexpr ElemType kAllTypes[] = {ElemType::kFloat32, ElemType::kFloat64, ElemType::kFloat16,
-                                  ElemType::kBFloat16, ElemType::kInt32, ElemType::kInt64,
+constexpr ElemType kAllTypes[] = {ElemType::kFloat32,  ElemType::kFloat64, ElemType::kFloat16,
+                                  ElemType::kBFloat16, ElemType::kInt32,   ElemType::kInt64,
                                   ElemType::kUInt8};
 
 template <typename Backend>
@@ -211,10 +265,26 @@ class CommunicatorTest : public ::testing::Test {
       }
     }
     if (!runnable.empty() && runnable.size() < wanted.size()) {
-      std::cout << "[  NOTE    ] ran W=" << runnable.back() << " and below only: "
-                << skip_reason_ << "\n";
+      std::cout << "[  NOTE    ] ran W=" << runnable.back() << " and below only: " << skip_reason_
+                << "\n";
     }
     return runnable;
+  }
+
+  // Runs fn(group) for a fresh group of every world among `wanted` that this backend can run
+  // here. Returns false when none could run (the caller skips with skip_reason_).
+  template <typename Fn>
+  bool ForEachGroup(std::vector<int> wanted, Fn fn) {
+    const std::vector<int> worlds = Worlds(std::move(wanted));
+    for (int w : worlds) {
+      std::vector<std::unique_ptr<Communicator>> group = MakeGroup(w);
+      if (group.size() != static_cast<size_t>(w)) {
+        ADD_FAILURE() << "could not build a group of " << w;
+        continue;
+      }
+      fn(group);
+    }
+    return !worlds.empty();
   }
 
   // Creates the `world` communicators of one group, concurrently.
@@ -222,7 +292,8 @@ class CommunicatorTest : public ::testing::Test {
     std::unique_ptr<InMemoryStore> store = InMemoryStore::Create();
     std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> made;
     for (int r = 0; r < world; ++r) made.emplace_back(absl::UnknownError("not run"));
-    RunRanks(world, [&](int r) { made[static_cast<size_t>(r)] = Backend::Create(*store, r, world); });
+    RunRanks(world,
+             [&](int r) { made[static_cast<size_t>(r)] = Backend::Create(*store, r, world); });
     std::vector<std::unique_ptr<Communicator>> group;
     for (auto& m : made) {
       EXPECT_THAT(m, IsOk());
@@ -232,11 +303,11 @@ class CommunicatorTest : public ::testing::Test {
   }
 
   // Runs AllReduce of n elements on every rank and checks the result.
-  void CheckAllReduce(std::vector<std::unique_ptr<Communicator>>& group, ElemType type,
-                      ReduceOp op, size_t n) {
+  void CheckAllReduce(std::vector<std::unique_ptr<Communicator>>& group, ElemType type, ReduceOp op,
+                      size_t n) {
     const int world = static_cast<int>(group.size());
-    SCOPED_TRACE(absl::StrCat("all-reduce W=", world, " ", TypeName(type), " op=",
-                              static_cast<int>(op), " n=", n));
+    SCOPED_TRACE(absl::StrCat("all-reduce W=", world, " ", TypeName(type),
+                              " op=", static_cast<int>(op), " n=", n));
     std::vector<std::vector<double>> out(static_cast<size_t>(world));
     RunRanks(world, [&](int r) {
       Buffer buf(r, n * ElemSize(type));
@@ -258,8 +329,8 @@ class CommunicatorTest : public ::testing::Test {
   void CheckReduceScatter(std::vector<std::unique_ptr<Communicator>>& group, ElemType type,
                           ReduceOp op, size_t recv_count, bool in_place) {
     const int world = static_cast<int>(group.size());
-    SCOPED_TRACE(absl::StrCat("reduce-scatter W=", world, " ", TypeName(type), " op=",
-                              static_cast<int>(op), " n=", recv_count,
+    SCOPED_TRACE(absl::StrCat("reduce-scatter W=", world, " ", TypeName(type),
+                              " op=", static_cast<int>(op), " n=", recv_count,
                               in_place ? " in place" : ""));
     const size_t total = recv_count * static_cast<size_t>(world);
     const size_t block_bytes = recv_count * ElemSize(type);
@@ -270,10 +341,11 @@ class CommunicatorTest : public ::testing::Test {
       send.Upload(Encode(Input(r, total), type));
       void* dst = in_place ? static_cast<char*>(send.data()) + static_cast<size_t>(r) * block_bytes
                            : recv.data();
-      EXPECT_THAT(group[static_cast<size_t>(r)]->ReduceScatter(send.data(), dst, recv_count,
-                                                              type, op, kTimeout),
+      EXPECT_THAT(group[static_cast<size_t>(r)]->ReduceScatter(send.data(), dst, recv_count, type,
+                                                               op, kTimeout),
                   IsOk());
-      std::vector<char> bytes = in_place ? send.Download(total * ElemSize(type)) : recv.Download(block_bytes);
+      std::vector<char> bytes =
+          in_place ? send.Download(total * ElemSize(type)) : recv.Download(block_bytes);
       if (in_place) {
         bytes = std::vector<char>(bytes.begin() + static_cast<ptrdiff_t>(r * block_bytes),
                                   bytes.begin() + static_cast<ptrdiff_t>((r + 1) * block_bytes));
@@ -311,9 +383,9 @@ class CommunicatorTest : public ::testing::Test {
       } else {
         send.Upload(mine);
       }
-      EXPECT_THAT(group[static_cast<size_t>(r)]->AllGather(src, recv.data(), send_count, type,
-                                                          kTimeout),
-                  IsOk());
+      EXPECT_THAT(
+          group[static_cast<size_t>(r)]->AllGather(src, recv.data(), send_count, type, kTimeout),
+          IsOk());
       out[static_cast<size_t>(r)] = Decode(recv.Download(total_bytes), type);
     });
     for (int r = 0; r < world; ++r) {
@@ -343,47 +415,34 @@ using Backends = ::testing::Types<GlooBackend, NcclBackend>;
 TYPED_TEST_SUITE(CommunicatorTest, Backends, BackendNames);
 
 TYPED_TEST(CommunicatorTest, AllReduceSumEveryTypeAndUnevenCounts) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
     for (ElemType type : kAllTypes) {
       for (size_t n : {size_t{1}, size_t{2}, size_t{1000}}) {
         this->CheckAllReduce(group, type, ReduceOp::kSum, n);
       }
     }
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, AllReduceMaxEveryType) {
-  const std::vector<int> worlds = this->Worlds({2, 3});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({2, 3}, [&](auto& group) {
     for (ElemType type : kAllTypes) this->CheckAllReduce(group, type, ReduceOp::kMax, 1000);
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, AllReduceAvgFloats) {
-  const std::vector<int> worlds = this->Worlds({1, 3});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 3}, [&](auto& group) {
     for (ElemType type : {ElemType::kFloat32, ElemType::kFloat64, ElemType::kBFloat16}) {
       this->CheckAllReduce(group, type, ReduceOp::kAvg, 1000);
     }
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, ReduceScatterSumAndAvg) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
     for (ElemType type : kAllTypes) {
       for (size_t n : {size_t{1}, size_t{1000}}) {
         this->CheckReduceScatter(group, type, ReduceOp::kSum, n, /*in_place=*/false);
@@ -394,51 +453,44 @@ TYPED_TEST(CommunicatorTest, ReduceScatterSumAndAvg) {
     }
     this->CheckReduceScatter(group, ElemType::kFloat32, ReduceOp::kSum, 333, /*in_place=*/true);
     this->CheckReduceScatter(group, ElemType::kBFloat16, ReduceOp::kAvg, 7, /*in_place=*/true);
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, AllGatherIncludingSendAliasingRecv) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
     for (ElemType type : {ElemType::kFloat32, ElemType::kUInt8, ElemType::kBFloat16}) {
       for (size_t n : {size_t{1}, size_t{1000}}) {
         this->CheckAllGather(group, type, n, /*in_place=*/false);
         this->CheckAllGather(group, type, n, /*in_place=*/true);
       }
     }
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, BroadcastFromANonZeroRoot) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
+    const int w = static_cast<int>(group.size());
     const int root = w - 1;
     constexpr size_t kN = 777;
     std::vector<std::vector<double>> out(static_cast<size_t>(w));
     RunRanks(w, [&](int r) {
       typename TestFixture::Buffer buf(r, kN * 8);
       buf.Upload(Encode(Input(r, kN), ElemType::kFloat64));
-      EXPECT_THAT(group[static_cast<size_t>(r)]->Broadcast(buf.data(), kN, ElemType::kFloat64,
-                                                          root, kTimeout),
+      EXPECT_THAT(group[static_cast<size_t>(r)]->Broadcast(buf.data(), kN, ElemType::kFloat64, root,
+                                                           kTimeout),
                   IsOk());
       out[static_cast<size_t>(r)] = Decode(buf.Download(kN * 8), ElemType::kFloat64);
     });
     for (int r = 0; r < w; ++r) EXPECT_EQ(out[static_cast<size_t>(r)], Input(root, kN)) << r;
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, BarrierWaitsForEveryRank) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
+    const int w = static_cast<int>(group.size());
     std::atomic<int> arrived{0};
     RunRanks(w, [&](int r) {
       absl::SleepFor(absl::Milliseconds(30 * r));
@@ -446,33 +498,31 @@ TYPED_TEST(CommunicatorTest, BarrierWaitsForEveryRank) {
       EXPECT_THAT(group[static_cast<size_t>(r)]->Barrier(kTimeout), IsOk());
       EXPECT_EQ(arrived.load(), w) << "rank " << r << " left the barrier early";
     });
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, ZeroCountCallsSucceed) {
-  const std::vector<int> worlds = this->Worlds({1, 3});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 3}, [&](auto& group) {
+    const int w = static_cast<int>(group.size());
     RunRanks(w, [&](int r) {
       Communicator& c = *group[static_cast<size_t>(r)];
       EXPECT_THAT(c.AllReduce(nullptr, 0, ElemType::kFloat32, ReduceOp::kSum, kTimeout), IsOk());
-      EXPECT_THAT(c.ReduceScatter(nullptr, nullptr, 0, ElemType::kFloat32, ReduceOp::kAvg,
-                                  kTimeout),
-                  IsOk());
+      EXPECT_THAT(
+          c.ReduceScatter(nullptr, nullptr, 0, ElemType::kFloat32, ReduceOp::kAvg, kTimeout),
+          IsOk());
       EXPECT_THAT(c.AllGather(nullptr, nullptr, 0, ElemType::kInt64, kTimeout), IsOk());
       EXPECT_THAT(c.Broadcast(nullptr, 0, ElemType::kUInt8, 0, kTimeout), IsOk());
       EXPECT_THAT(c.Barrier(kTimeout), IsOk());
       EXPECT_EQ(c.stats().of(CollectiveKind::kAllReduce).calls, 1);
       EXPECT_EQ(c.stats().of(CollectiveKind::kAllReduce).bytes_sent, 0);
     });
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 TYPED_TEST(CommunicatorTest, BadArgumentsAreInvalidArgumentAndHarmless) {
-  const std::vector<int> worlds = this->Worlds({2});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
+  if (this->Worlds({2}).empty()) GTEST_SKIP() << this->skip_reason_;
   auto group = this->MakeGroup(2);
   ASSERT_EQ(group.size(), 2u);
   RunRanks(2, [&](int r) {
@@ -484,13 +534,12 @@ TYPED_TEST(CommunicatorTest, BadArgumentsAreInvalidArgumentAndHarmless) {
                 StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_THAT(c.AllReduce(nullptr, 4, ElemType::kFloat32, ReduceOp::kSum, kTimeout),
                 StatusIs(absl::StatusCode::kInvalidArgument));
-    EXPECT_THAT(c.AllReduce(buf.data(), 4, ElemType::kFloat32, ReduceOp::kSum,
-                            absl::ZeroDuration()),
-                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(
+        c.AllReduce(buf.data(), 4, ElemType::kFloat32, ReduceOp::kSum, absl::ZeroDuration()),
+        StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_THAT(c.AllReduce(buf.data(), 4, static_cast<ElemType>(99), ReduceOp::kSum, kTimeout),
                 StatusIs(absl::StatusCode::kInvalidArgument));
-    EXPECT_THAT(c.AllReduce(buf.data(), 4, ElemType::kFloat32, static_cast<ReduceOp>(9),
-                            kTimeout),
+    EXPECT_THAT(c.AllReduce(buf.data(), 4, ElemType::kFloat32, static_cast<ReduceOp>(9), kTimeout),
                 StatusIs(absl::StatusCode::kInvalidArgument));
     // Still usable.
     EXPECT_THAT(c.Barrier(kTimeout), IsOk());
@@ -498,8 +547,7 @@ TYPED_TEST(CommunicatorTest, BadArgumentsAreInvalidArgumentAndHarmless) {
 }
 
 TYPED_TEST(CommunicatorTest, MissingPeerTimesOutThenAborted) {
-  const std::vector<int> worlds = this->Worlds({2});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
+  if (this->Worlds({2}).empty()) GTEST_SKIP() << this->skip_reason_;
   auto group = this->MakeGroup(2);
   ASSERT_EQ(group.size(), 2u);
   typename TestFixture::Buffer buf(0, 4000);
@@ -512,20 +560,20 @@ TYPED_TEST(CommunicatorTest, MissingPeerTimesOutThenAborted) {
   EXPECT_GE(waited, absl::Milliseconds(290));
   EXPECT_LT(waited, absl::Seconds(5));
   EXPECT_THAT(group[0]->Barrier(kTimeout), StatusIs(absl::StatusCode::kAborted));
-  EXPECT_THAT(group[0]->AllReduce(buf.data(), 1000, ElemType::kFloat32, ReduceOp::kSum,
-                                  kTimeout),
+  EXPECT_THAT(group[0]->AllReduce(buf.data(), 1000, ElemType::kFloat32, ReduceOp::kSum, kTimeout),
               StatusIs(absl::StatusCode::kAborted));
   // The late peer fails too (its partner is gone) instead of hanging.
   typename TestFixture::Buffer buf1(1, 4000);
   const absl::Time late = absl::Now();
-  EXPECT_FALSE(group[1]->AllReduce(buf1.data(), 1000, ElemType::kFloat32, ReduceOp::kSum,
-                                   absl::Seconds(2)).ok());
+  EXPECT_FALSE(
+      group[1]
+          ->AllReduce(buf1.data(), 1000, ElemType::kFloat32, ReduceOp::kSum, absl::Seconds(2))
+          .ok());
   EXPECT_LT(absl::Now() - late, absl::Seconds(5));
 }
 
 TYPED_TEST(CommunicatorTest, AbortFromAnotherThreadUnblocksAWait) {
-  const std::vector<int> worlds = this->Worlds({2});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
+  if (this->Worlds({2}).empty()) GTEST_SKIP() << this->skip_reason_;
   auto group = this->MakeGroup(2);
   ASSERT_EQ(group.size(), 2u);
   std::thread aborter([&] {
@@ -535,9 +583,9 @@ TYPED_TEST(CommunicatorTest, AbortFromAnotherThreadUnblocksAWait) {
   });
   typename TestFixture::Buffer buf(0, 4000);
   const absl::Time start = absl::Now();
-  EXPECT_THAT(group[0]->AllReduce(buf.data(), 1000, ElemType::kFloat32, ReduceOp::kSum,
-                                  absl::Seconds(30)),
-              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(
+      group[0]->AllReduce(buf.data(), 1000, ElemType::kFloat32, ReduceOp::kSum, absl::Seconds(30)),
+      StatusIs(absl::StatusCode::kAborted));
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   aborter.join();
   EXPECT_THAT(group[0]->Barrier(kTimeout), StatusIs(absl::StatusCode::kAborted));
@@ -553,11 +601,8 @@ TYPED_TEST(CommunicatorTest, AbortFromAnotherThreadUnblocksAWait) {
 }
 
 TYPED_TEST(CommunicatorTest, StatsCountCallsAndBytes) {
-  const std::vector<int> worlds = this->Worlds({1, 2, 3, 4});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
-  for (int w : worlds) {
-    auto group = this->MakeGroup(w);
-    ASSERT_EQ(group.size(), static_cast<size_t>(w));
+  const bool ran = this->ForEachGroup({1, 2, 3, 4}, [&](auto& group) {
+    const int w = static_cast<int>(group.size());
     constexpr size_t kN = 1200;  // elements per rank's block
     const int64_t block = static_cast<int64_t>(kN * 4);
     const int64_t total = block * w;
@@ -566,11 +611,10 @@ TYPED_TEST(CommunicatorTest, StatsCountCallsAndBytes) {
       typename TestFixture::Buffer send(r, static_cast<size_t>(total));
       typename TestFixture::Buffer recv(r, static_cast<size_t>(total));
       send.Upload(std::vector<char>(static_cast<size_t>(total), 0));
-      ASSERT_THAT(c.ReduceScatter(send.data(), recv.data(), kN, ElemType::kFloat32,
-                                  ReduceOp::kSum, kTimeout),
+      ASSERT_THAT(c.ReduceScatter(send.data(), recv.data(), kN, ElemType::kFloat32, ReduceOp::kSum,
+                                  kTimeout),
                   IsOk());
-      ASSERT_THAT(c.AllGather(recv.data(), send.data(), kN, ElemType::kFloat32, kTimeout),
-                  IsOk());
+      ASSERT_THAT(c.AllGather(recv.data(), send.data(), kN, ElemType::kFloat32, kTimeout), IsOk());
       ASSERT_THAT(c.AllReduce(send.data(), kN * static_cast<size_t>(w), ElemType::kFloat32,
                               ReduceOp::kSum, kTimeout),
                   IsOk());
@@ -585,13 +629,13 @@ TYPED_TEST(CommunicatorTest, StatsCountCallsAndBytes) {
       EXPECT_EQ(stats.of(CollectiveKind::kAllReduce).calls, 1);
       EXPECT_EQ(stats.of(CollectiveKind::kBroadcast).calls, 0);
     });
-  }
+  });
+  if (!ran) GTEST_SKIP() << this->skip_reason_;
 }
 
 // Many steps in a row: slots, scratch buffers and results stay right from step two on.
 TYPED_TEST(CommunicatorTest, ManyStepsInARow) {
-  const std::vector<int> worlds = this->Worlds({3});
-  if (worlds.empty()) GTEST_SKIP() << this->skip_reason_;
+  if (this->Worlds({3}).empty()) GTEST_SKIP() << this->skip_reason_;
   auto group = this->MakeGroup(3);
   ASSERT_EQ(group.size(), 3u);
   for (int step = 0; step < 15; ++step) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -57,8 +58,18 @@ class StoreTest : public ::testing::Test {
   Store& store() { return harness_.get(); }
 };
 
+class StoreNames {
+ public:
+  template <typename T>
+  static std::string GetName(int) {
+    if constexpr (std::is_same_v<T, InMemoryHarness>) return "InMemory";
+    if constexpr (std::is_same_v<T, FileHarness>) return "File";
+    return "Prefix";
+  }
+};
+
 using StoreTypes = ::testing::Types<InMemoryHarness, FileHarness, PrefixHarness>;
-TYPED_TEST_SUITE(StoreTest, StoreTypes);
+TYPED_TEST_SUITE(StoreTest, StoreTypes, StoreNames);
 
 TYPED_TEST(StoreTest, SetThenGetReturnsLatestValue) {
   ASSERT_THAT(this->store().Set("a", "1"), IsOk());
