@@ -114,15 +114,25 @@ GoldenCase WithTrajectory(const GoldenCase& inputs, const Trajectory& t) {
   return out;
 }
 
+namespace {
+
+// Returns the larger error, NaN when either is NaN.
+double MaxError(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return NAN;
+  return std::max(a, b);
+}
+
+}  // namespace
+
 double TrajectoryErrors::max_param() const {
   double m = 0.0;
-  for (double e : param) m = std::max(m, e);
+  for (double e : param) m = MaxError(m, e);
   return m;
 }
 
 double TrajectoryErrors::max_state() const {
   double m = 0.0;
-  for (const auto& [name, e] : state) m = std::max(m, e);
+  for (const auto& [name, e] : state) m = MaxError(m, e);
   return m;
 }
 
