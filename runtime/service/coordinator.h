@@ -114,6 +114,7 @@ class Coordinator {
   void Shutdown();
 
   int world_size() const { return options_.world_size; }
+  absl::Duration lease() const { return options_.config.lease; }
 
  private:
   struct Member {

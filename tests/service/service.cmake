@@ -4,3 +4,10 @@ came_add_test(coordinator_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/coordinator_test.cc
   LIBS came_coordinator_core nlohmann_json::nlohmann_json
   LABELS service)
+
+if(TARGET came_coordinator_server)
+  came_add_test(coordinator_grpc_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/coordinator_grpc_test.cc
+    LIBS came_coordinator_server came_coordinator_client
+    LABELS service)
+endif()

@@ -1,0 +1,45 @@
+#include "runtime/service/auth.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace came::service {
+namespace {
+
+constexpr char kAuthKey[] = "authorization";
+constexpr std::string_view kBearer = "Bearer ";
+
+}  // namespace
+
+std::string TokenFromMetadata(const grpc::ServerContextBase& ctx) {
+  auto it = ctx.client_metadata().find(kAuthKey);
+  if (it == ctx.client_metadata().end()) return "";
+  std::string value(it->second.data(), it->second.size());
+  if (value.compare(0, kBearer.size(), kBearer) != 0) return "";
+  return value.substr(kBearer.size());
+}
+
+bool ConstantTimeEquals(std::string_view given, std::string_view secret) {
+  unsigned char diff = given.size() != secret.size();
+  for (size_t i = 0; i < secret.size(); ++i) {
+    unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    diff |= g ^ static_cast<unsigned char>(secret[i]);
+  }
+  return diff == 0;
+}
+
+absl::Status CheckBearerToken(const grpc::ServerContextBase& ctx, std::string_view secret) {
+  const std::string token = TokenFromMetadata(ctx);
+  if (token.empty())
+    return absl::UnauthenticatedError(
+        "missing token: send gRPC metadata 'authorization: Bearer <token>'");
+  if (!ConstantTimeEquals(token, secret))
+    return absl::UnauthenticatedError("wrong token for this job");
+  return absl::OkStatus();
+}
+
+void AddBearerToken(grpc::ClientContext& ctx, std::string_view token) {
+  ctx.AddMetadata(kAuthKey, absl::StrCat(kBearer, token));
+}
+
+}  // namespace came::service
