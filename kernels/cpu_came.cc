@@ -140,8 +140,11 @@ void CpuCame::ComputeFactors(const float* row, const float* col, const TensorGeo
   for (int64_t b = 0; b < g.batch; ++b) {
     double mean = 0.0;
     for (int64_t i = 0; i < g.n; ++i) mean += row[b * g.n + i];
-    const float mean_f = static_cast<float>(mean / static_cast<double>(g.n));
-    for (int64_t i = 0; i < g.n; ++i) row_f[b * g.n + i] = RowFactor(row[b * g.n + i], mean_f);
+    // In double: r / mean(r) of a zero row next to large rows (1e-33 / 1e12) underflows
+    // float, and rsqrt(0) would turn the whole tensor into NaN.
+    const double mean_d = mean / static_cast<double>(g.n);
+    for (int64_t i = 0; i < g.n; ++i)
+      row_f[b * g.n + i] = static_cast<float>(RowFactor<double>(row[b * g.n + i], mean_d));
   }
   for (int64_t j = 0; j < g.cols(); ++j) col_f[j] = ColFactor(col[j]);
 }
