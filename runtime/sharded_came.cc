@@ -210,11 +210,24 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
     return absl::InvalidArgumentError(absl::StrCat("expected ", options_.groups.size(),
                                                    " learning rates (one per group), got ",
                                                    inputs.lr.size()));
+  if (!inputs.weight_decay.empty() && inputs.weight_decay.size() != options_.groups.size())
+    return absl::InvalidArgumentError(absl::StrCat("expected ", options_.groups.size(),
+                                                   " weight decays (one per group), got ",
+                                                   inputs.weight_decay.size()));
   for (size_t g = 0; g < inputs.lr.size(); ++g)
     if (!(inputs.lr[g] >= 0) || !std::isfinite(inputs.lr[g]))
       return absl::InvalidArgumentError(absl::StrCat("lr of group ", g, " must be >= 0"));
-  for (size_t g = 0; g < step_groups_.size(); ++g)
+  for (size_t g = 0; g < inputs.weight_decay.size(); ++g)
+    if (!(inputs.weight_decay[g] >= 0) || !std::isfinite(inputs.weight_decay[g]))
+      return absl::InvalidArgumentError(absl::StrCat("weight_decay of group ", g, " must be >= 0"));
+  const double max_grad_norm = inputs.max_grad_norm.value_or(options_.max_grad_norm);
+  if (!(max_grad_norm >= 0) || !std::isfinite(max_grad_norm))
+    return absl::InvalidArgumentError("max_grad_norm must be >= 0 (0: no clipping)");
+  for (size_t g = 0; g < step_groups_.size(); ++g) {
     step_groups_[g].lr = inputs.lr.empty() ? options_.groups[g].lr : inputs.lr[g];
+    step_groups_[g].weight_decay =
+        inputs.weight_decay.empty() ? options_.groups[g].weight_decay : inputs.weight_decay[g];
+  }
 
   using Clock = std::chrono::steady_clock;
   const absl::Duration timeout = options_.collective_timeout;
@@ -251,7 +264,7 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
     out.seconds.total = SecondsSince(t_start);
     return out;
   }
-  out.grad_scale = GradNormScale(out.grad_norm, options_.max_grad_norm);
+  out.grad_scale = GradNormScale(out.grad_norm, max_grad_norm);
 
   t0 = Clock::now();
   cpu_->UpdateSecondMoments(sums_, step_groups_, out.grad_scale);

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,10 +44,13 @@ struct EngineOptions {
   absl::Duration collective_timeout = absl::Minutes(5);
 };
 
-// Per-step inputs; lr overrides the group's lr when set (LR schedulers).
+// Per-step inputs; each set value overrides the engine's option for this step (LR
+// schedulers, torch param_groups edited between steps).
 struct StepInputs {
   int64_t step = 0;
-  std::vector<double> lr;  // empty, or one per group
+  std::vector<double> lr;            // empty, or one per group
+  std::vector<double> weight_decay;  // empty, or one per group
+  std::optional<double> max_grad_norm;
 };
 
 struct PhaseTimes {

@@ -39,7 +39,7 @@ absl::Status CheckBearerToken(const grpc::ServerContextBase& ctx, std::string_vi
 }
 
 void AddBearerToken(grpc::ClientContext& ctx, std::string_view token) {
-  ctx.AddMetadata(kAuthKey, absl::StrCat(kBearer, token));
+  ctx.AddMetadata(kAuthKey, std::string(kBearer) + std::string(token));
 }
 
 }  // namespace came::service

@@ -1,0 +1,321 @@
+#include "runtime/rankd/rank_core.h"
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/service/limits.h"
+
+namespace came::rankd {
+namespace {
+
+comm::ElemType ElemTypeOf(DType t) {
+  switch (t) {
+    case DType::kFloat32: return comm::ElemType::kFloat32;
+    case DType::kBFloat16: return comm::ElemType::kBFloat16;
+    case DType::kFloat16: return comm::ElemType::kFloat16;
+  }
+  return comm::ElemType::kFloat32;
+}
+
+absl::Status Invalid(const std::string& s) { return absl::InvalidArgumentError(s); }
+
+absl::Status CheckHyper(const CameHyper& h, size_t g) {
+  const std::string where = absl::StrCat("group ", g, ": ");
+  const double values[] = {h.lr, h.eps1, h.eps2, h.clip_threshold,
+                           h.beta1, h.beta2, h.beta3, h.weight_decay};
+  for (double v : values)
+    if (!std::isfinite(v)) return Invalid(where + "hyperparameters must be finite");
+  if (h.lr < 0) return Invalid(where + "lr must be >= 0");
+  if (h.eps1 < 0 || h.eps2 < 0) return Invalid(where + "eps must be >= 0");
+  if (h.clip_threshold <= 0) return Invalid(where + "clip_threshold must be > 0");
+  for (double b : {h.beta1, h.beta2, h.beta3})
+    if (b < 0 || b >= 1) return Invalid(where + "betas must be in [0, 1)");
+  if (h.weight_decay < 0) return Invalid(where + "weight_decay must be >= 0");
+  return absl::OkStatus();
+}
+
+// FNV-1a over a canonical text of the manifest, twice with different seeds: a 128-bit
+// fingerprint (agreement between ranks, not a security measure).
+std::string Fingerprint(const std::string& text) {
+  uint64_t a = 0xcbf29ce484222325ull, b = 0x84222325cbf29ce4ull;
+  for (unsigned char c : text) {
+    a = (a ^ c) * 0x100000001b3ull;
+    b = (b ^ (c + 0x5bu)) * 0x100000001b3ull;
+  }
+  char buf[33];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b));
+  return buf;
+}
+
+std::string RandomId() {
+  std::random_device rd;
+  return absl::StrCat(absl::Hex(static_cast<uint64_t>(rd()) << 32 | rd(), absl::kZeroPad16));
+}
+
+}  // namespace
+
+absl::Status ValidateManifest(const Manifest& m) {
+  using namespace came::service;  // limits
+  if (m.tensors.empty()) return Invalid("the manifest has no tensors");
+  if (static_cast<int64_t>(m.tensors.size()) > kMaxTensors)
+    return Invalid(absl::StrCat("the manifest has ", m.tensors.size(), " tensors; the limit is ",
+                                kMaxTensors));
+  if (m.groups.empty()) return Invalid("at least one parameter group is required");
+  if (static_cast<int64_t>(m.groups.size()) > kMaxParamGroups)
+    return Invalid(absl::StrCat("too many parameter groups (limit ", kMaxParamGroups, ")"));
+  for (size_t g = 0; g < m.groups.size(); ++g)
+    if (absl::Status s = CheckHyper(m.groups[g], g); !s.ok()) return s;
+  std::set<std::string> names;
+  int64_t total = 0;
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    const TensorSpec& t = m.tensors[i];
+    const std::string who = absl::StrCat("tensor ", i, " '", t.name.substr(0, 64), "'");
+    if (t.name.empty()) return Invalid(absl::StrCat("tensor ", i, " has an empty name"));
+    if (static_cast<int64_t>(t.name.size()) > kMaxNameLength)
+      return Invalid(absl::StrCat(who, ": name longer than ", kMaxNameLength, " bytes"));
+    if (!names.insert(t.name).second) return Invalid(absl::StrCat(who, ": duplicate name"));
+    if (static_cast<int>(t.shape.size()) > kMaxDims)
+      return Invalid(absl::StrCat(who, ": ", t.shape.size(), " dims; the limit is ", kMaxDims));
+    int64_t numel = 1;
+    for (int64_t d : t.shape) {
+      if (d <= 0) return Invalid(absl::StrCat(who, ": dims must be >= 1, got ", d));
+      if (__builtin_mul_overflow(numel, d, &numel) || numel > kMaxTotalElements)
+        return Invalid(absl::StrCat(who, ": element count overflows the limit of 2^40"));
+    }
+    if (__builtin_add_overflow(total, numel, &total) || total > kMaxTotalElements)
+      return Invalid("the manifest has more than 2^40 elements in all");
+    if (t.dtype != m.tensors[0].dtype)
+      return Invalid(absl::StrCat(who, ": dtype ", std::string(DTypeName(t.dtype)), " differs from ",
+                                  std::string(DTypeName(m.tensors[0].dtype)),
+                                  " (all tensors of a manifest share one dtype)"));
+    if (t.group < 0 || t.group >= static_cast<int>(m.groups.size()))
+      return Invalid(absl::StrCat(who, ": group ", t.group, " does not exist (", m.groups.size(),
+                                  " groups)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string ManifestDigestOf(const Manifest& m) {
+  std::string text;
+  for (const TensorSpec& t : m.tensors) {
+    absl::StrAppend(&text, t.name.size(), ":", t.name, "|", static_cast<int>(t.dtype), "|",
+                    t.group, "|");
+    for (int64_t d : t.shape) absl::StrAppend(&text, d, ",");
+    text += ";";
+  }
+  for (const CameHyper& h : m.groups)
+    absl::StrAppend(&text, "g", h.eps1, ",", h.eps2, ",", h.clip_threshold, ",", h.beta1, ",",
+                    h.beta2, ",", h.beta3, ";");
+  return Fingerprint(text);
+}
+
+struct RankCore::Attachment {
+  std::string id;
+  Manifest manifest;
+  ShardPlan plan;
+  std::unique_ptr<SharedBuffer> params, grads;
+  std::unique_ptr<ShardedCame> engine;
+  int64_t last_step = 0;
+};
+
+RankCore::RankCore(RankCoreOptions options, std::unique_ptr<comm::Communicator> comm,
+                   Agreement agreement, StepObserver observer)
+    : options_(std::move(options)),
+      comm_(std::move(comm)),
+      agreement_(std::move(agreement)),
+      observer_(std::move(observer)) {}
+
+absl::StatusOr<std::unique_ptr<RankCore>> RankCore::Create(RankCoreOptions options,
+                                                           std::unique_ptr<comm::Communicator> comm,
+                                                           Agreement agreement,
+                                                           StepObserver observer) {
+  if (comm == nullptr) return Invalid("no communicator");
+  if (comm->rank() != options.rank || comm->size() != options.world_size)
+    return Invalid(absl::StrCat("the communicator is rank ", comm->rank(), " of ", comm->size(),
+                                ", expected ", options.rank, " of ", options.world_size));
+  if (options.shm_prefix.empty() || options.shm_prefix[0] != '/')
+    return Invalid("shm_prefix must start with '/'");
+  if (options.alignment < 1) return Invalid("alignment must be >= 1");
+  std::unique_ptr<RankCore> core(
+      new RankCore(std::move(options), std::move(comm), std::move(agreement), std::move(observer)));
+  core->worker_ = std::thread([c = core.get()] { c->WorkerLoop(); });
+  return core;
+}
+
+RankCore::~RankCore() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    if (abort_.ok()) abort_ = absl::CancelledError("the rank daemon is shutting down");
+  }
+  comm_->Abort();
+  worker_.join();
+}
+
+void RankCore::Abort(absl::Status reason) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!abort_.ok()) return;
+    abort_ = reason.ok() ? absl::AbortedError("aborted") : std::move(reason);
+  }
+  comm_->Abort();
+}
+
+absl::Status RankCore::aborted() const {
+  absl::MutexLock lock(&mu_);
+  return abort_;
+}
+
+void RankCore::Enqueue(absl::AnyInvocable<void(absl::Status)> task) {
+  absl::MutexLock lock(&mu_);
+  queue_.push_back(std::move(task));
+}
+
+void RankCore::WorkerLoop() {
+  while (true) {
+    absl::AnyInvocable<void(absl::Status)> task;
+    absl::Status abort;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RankCore* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->stop_ || !c->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) break;  // stopping with nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      abort = abort_;
+    }
+    task(abort);
+  }
+  attachment_.reset();
+}
+
+absl::Status RankCore::CheckAttachment(const std::string& id) const {
+  if (attachment_ == nullptr) return absl::FailedPreconditionError("no trainer is attached: call Attach first");
+  if (id != attachment_->id)
+    return absl::FailedPreconditionError(
+        absl::StrCat("unknown attachment id '", id.substr(0, 64), "'"));
+  return absl::OkStatus();
+}
+
+void RankCore::Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done) {
+  if (absl::Status s = ValidateManifest(manifest); !s.ok()) return done(s);
+  auto plan = ShardPlan::Make(manifest.tensors, options_.world_size, options_.alignment);
+  if (!plan.ok()) return done(plan.status());
+  Enqueue([this, manifest = std::move(manifest), plan = *std::move(plan),
+           done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (attachment_ != nullptr)
+      return done(absl::FailedPreconditionError(
+          "a trainer is already attached to this rank; Detach it first"));
+    const std::string digest = ManifestDigestOf(manifest);
+    if (agreement_) {
+      absl::Status s = agreement_(digest, static_cast<int64_t>(manifest.tensors.size()),
+                                  options_.agreement_timeout);
+      if (!s.ok()) return done(s);
+    }
+    auto a = std::make_unique<Attachment>();
+    a->id = RandomId();
+    const size_t bytes = static_cast<size_t>(plan.padded_size) * DTypeSize(plan.dtype);
+    const std::string base = absl::StrCat(options_.shm_prefix, "-", ++attach_count_);
+    auto params = SharedBuffer::Create(base + "-params", bytes);
+    if (!params.ok()) return done(params.status());
+    auto grads = SharedBuffer::Create(base + "-grads", bytes);
+    if (!grads.ok()) return done(grads.status());
+    a->params = *std::move(params);
+    a->grads = *std::move(grads);
+    a->manifest = std::move(manifest);
+    a->plan = std::move(plan);
+    Layout layout;
+    layout.attachment_id = a->id;
+    layout.rank = options_.rank;
+    layout.world_size = options_.world_size;
+    layout.plan = a->plan;
+    layout.params_name = a->params->name();
+    layout.grads_name = a->grads->name();
+    layout.buffer_bytes = bytes;
+    layout.digest = digest;
+    attachment_ = std::move(a);
+    done(std::move(layout));
+  });
+}
+
+void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> done) {
+  Enqueue([this, id = std::move(id), done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckAttachment(id); !s.ok()) return done(s);
+    Attachment& a = *attachment_;
+    if (a.engine != nullptr)
+      return done(absl::FailedPreconditionError("parameters were already synchronized"));
+    absl::Status s = comm_->Broadcast(a.params->data(), a.plan.padded_size,
+                                      ElemTypeOf(a.plan.dtype), 0, options_.collective_timeout);
+    if (!s.ok()) {
+      Abort(s);
+      return done(s);
+    }
+    EngineOptions eo;
+    eo.groups = a.manifest.groups;
+    eo.num_threads = options_.num_threads;
+    eo.collective_timeout = options_.collective_timeout;
+    auto engine = ShardedCame::Create(a.plan, comm_.get(), a.params->data(), a.grads->data(), eo);
+    if (!engine.ok()) return done(engine.status());
+    a.engine = *std::move(engine);
+    done(a.engine->state_bytes());
+  });
+}
+
+void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
+  if (call.step < 1) return done(Invalid(absl::StrCat("step must be >= 1, got ", call.step)));
+  for (double lr : call.lr)
+    if (!std::isfinite(lr) || lr < 0) return done(Invalid("lr must be finite and >= 0"));
+  for (double wd : call.weight_decay)
+    if (!std::isfinite(wd) || wd < 0) return done(Invalid("weight_decay must be finite and >= 0"));
+  if (!std::isfinite(call.max_grad_norm) || call.max_grad_norm < 0)
+    return done(Invalid("max_grad_norm must be finite and >= 0 (0: off)"));
+  Enqueue([this, call = std::move(call), done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckAttachment(call.attachment_id); !s.ok()) return done(s);
+    Attachment& a = *attachment_;
+    if (a.engine == nullptr)
+      return done(absl::FailedPreconditionError(
+          "Step before SyncParameters: the initial parameters were never synchronized"));
+    if (call.step <= a.last_step)
+      return done(absl::FailedPreconditionError(absl::StrCat(
+          "step ", call.step, " is out of order: step ", a.last_step,
+          " was already taken (steps must increase)")));
+    if (call.lr.size() != a.manifest.groups.size())
+      return done(Invalid(absl::StrCat("expected one lr per parameter group (",
+                                       a.manifest.groups.size(), "), got ", call.lr.size())));
+    StepInputs in;
+    in.step = call.step;
+    in.lr = call.lr;
+    in.weight_decay = call.weight_decay;
+    in.max_grad_norm = call.max_grad_norm;
+    auto stats = a.engine->Step(in);
+    if (!stats.ok()) {
+      if (stats.status().code() != absl::StatusCode::kInvalidArgument) Abort(stats.status());
+      return done(stats.status());
+    }
+    a.last_step = call.step;
+    StepOutcome out{*std::move(stats), a.engine->state_bytes()};
+    if (observer_) observer_(call.step, out.stats, out.state_bytes);
+    done(std::move(out));
+  });
+}
+
+void RankCore::Detach(std::string id, Done<absl::Status> done) {
+  Enqueue([this, id = std::move(id), done = std::move(done)](absl::Status aborted) mutable {
+    if (absl::Status s = CheckAttachment(id); !s.ok()) return done(s);
+    attachment_.reset();
+    done(absl::OkStatus());
+    (void)aborted;  // detaching is allowed after an abort: it releases the buffers
+  });
+}
+
+}  // namespace came::rankd

@@ -1,0 +1,142 @@
+// RankCore: the logic of came-rankd without gRPC. It owns this rank's communicator, the
+// shared parameter and gradient buffers of the attached trainer and the ShardedCame engine,
+// and runs every call that may wait (manifest agreement, collectives) on its own worker
+// thread, so no RPC thread ever blocks on a collective (Note [Rank calls]).
+//
+// Note [Rank calls]
+// A trainer's life: Attach (manifest -> layout and shared buffers; every rank must send the
+// same manifest, checked through the coordinator), SyncParameters (rank 0's initial
+// parameters are broadcast into every rank's buffer, then the engine is built), Step* (one
+// per optimizer step, numbers strictly increasing), Detach. Each call validates its input
+// at once on the caller's thread (bad input never reaches the queue and changes nothing),
+// then runs in arrival order on the worker thread, and reports through its callback, which
+// may run on either thread. After Abort (the job failed, or a collective failed) every
+// queued and later call fails with the abort's status.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "runtime/comm/communicator.h"
+#include "runtime/rankd/shared_buffer.h"
+#include "runtime/shard_plan.h"
+#include "runtime/sharded_came.h"
+
+namespace came::rankd {
+
+// What a trainer registers.
+struct Manifest {
+  std::vector<TensorSpec> tensors;  // in flat-buffer order
+  std::vector<CameHyper> groups;    // one per parameter group
+};
+
+// What Attach returns.
+struct Layout {
+  std::string attachment_id;
+  int rank = 0;
+  int world_size = 1;
+  ShardPlan plan;
+  std::string params_name;  // shared-memory names
+  std::string grads_name;
+  size_t buffer_bytes = 0;  // of each buffer: plan.padded_size elements of plan.dtype
+  std::string digest;       // the manifest digest agreed with the other ranks
+};
+
+struct StepCall {
+  std::string attachment_id;
+  int64_t step = 0;
+  std::vector<double> lr;            // one per group
+  std::vector<double> weight_decay;  // empty, or one per group
+  double max_grad_norm = 0.0;        // 0: off
+};
+
+struct StepOutcome {
+  EngineStepStats stats;
+  StateBytes state_bytes;
+};
+
+struct RankCoreOptions {
+  int rank = 0;
+  int world_size = 1;
+  int num_threads = 1;          // CPU kernel threads
+  int64_t alignment = 16;       // shard-plan alignment in elements
+  std::string shm_prefix;       // e.g. "/came-<job>-r0"; buffers are <prefix>-<n>-params|grads
+  absl::Duration collective_timeout = absl::Minutes(5);
+  absl::Duration agreement_timeout = absl::Minutes(5);
+};
+
+// Validates a manifest against the service limits (limits.h) and CAME's rules; returns
+// InvalidArgument naming the first problem.
+absl::Status ValidateManifest(const Manifest& manifest);
+
+// Returns a digest of the manifest (names, shapes, dtypes, groups and hyperparameters) that
+// every rank computes identically.
+std::string ManifestDigestOf(const Manifest& manifest);
+
+class RankCore {
+ public:
+  // Asks the coordinator whether every rank submitted the same digest (waits for all).
+  using Agreement = absl::AnyInvocable<absl::Status(const std::string& digest,
+                                                    int64_t tensor_count,
+                                                    absl::Duration timeout)>;
+  // Called on the worker thread after every step that ran (skipped or not).
+  using StepObserver = absl::AnyInvocable<void(int64_t step, const EngineStepStats& stats,
+                                               const StateBytes& bytes)>;
+  template <typename T>
+  using Done = absl::AnyInvocable<void(T)>;
+
+  static absl::StatusOr<std::unique_ptr<RankCore>> Create(
+      RankCoreOptions options, std::unique_ptr<comm::Communicator> comm, Agreement agreement,
+      StepObserver observer = nullptr);
+  ~RankCore();  // aborts queued calls and joins the worker
+
+  void Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done);
+  // Reports the optimizer state bytes this rank now holds.
+  void SyncParameters(std::string attachment_id, Done<absl::StatusOr<StateBytes>> done);
+  void Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done);
+  void Detach(std::string attachment_id, Done<absl::Status> done);
+
+  // Fails the job: aborts the communicator (a collective in flight returns) and fails every
+  // queued and later call with `reason`. Thread-safe; the first reason wins.
+  void Abort(absl::Status reason);
+  // Returns the abort reason, or OK.
+  absl::Status aborted() const;
+
+  int rank() const { return options_.rank; }
+  int world_size() const { return options_.world_size; }
+
+ private:
+  struct Attachment;
+  RankCore(RankCoreOptions options, std::unique_ptr<comm::Communicator> comm,
+           Agreement agreement, StepObserver observer);
+  void Enqueue(absl::AnyInvocable<void(absl::Status aborted)> task);
+  void WorkerLoop();
+  absl::Status CheckAttachment(const std::string& id) const;  // worker thread only
+
+  const RankCoreOptions options_;
+  std::unique_ptr<comm::Communicator> comm_;
+  Agreement agreement_;
+  StepObserver observer_;
+
+  mutable absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void(absl::Status)>> queue_ ABSL_GUARDED_BY(mu_);
+  absl::Status abort_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Worker-thread state.
+  std::unique_ptr<Attachment> attachment_;
+  int64_t attach_count_ = 0;
+  std::thread worker_;
+};
+
+}  // namespace came::rankd

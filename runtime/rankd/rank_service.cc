@@ -1,0 +1,206 @@
+#include "runtime/rankd/rank_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "runtime/service/auth.h"
+#include "runtime/service/grpc_status.h"
+
+namespace came::rankd {
+namespace {
+
+absl::StatusOr<DType> DTypeFromProto(v1::DType t, const std::string& who) {
+  switch (t) {
+    case v1::DTYPE_FLOAT32: return DType::kFloat32;
+    case v1::DTYPE_BFLOAT16: return DType::kBFloat16;
+    case v1::DTYPE_FLOAT16: return DType::kFloat16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": unknown dtype ", static_cast<int>(t),
+                       " (expected DTYPE_FLOAT32, DTYPE_BFLOAT16 or DTYPE_FLOAT16)"));
+  }
+}
+
+v1::DType DTypeToProto(DType t) {
+  switch (t) {
+    case DType::kFloat32: return v1::DTYPE_FLOAT32;
+    case DType::kBFloat16: return v1::DTYPE_BFLOAT16;
+    case DType::kFloat16: return v1::DTYPE_FLOAT16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+void StateBytesToProto(const StateBytes& b, v1::OptimizerStateBytes* out) {
+  out->set_master(b.master);
+  out->set_momentum(b.momentum);
+  out->set_second_moment(b.second_moment);
+  out->set_factored(b.factored);
+  out->set_total(b.total());
+}
+
+// Runs `fn` unless the call is unauthenticated; finishes the reactor with the error then.
+template <typename Fn>
+grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, const std::string& token,
+                                 Fn&& fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (absl::Status s = service::CheckBearerToken(*ctx, token); !s.ok()) {
+    reactor->Finish(service::ToGrpcStatus(s));
+    return reactor;
+  }
+  fn(reactor);
+  return reactor;
+}
+
+}  // namespace
+
+absl::StatusOr<Manifest> ManifestFromProto(const v1::AttachRequest& req, const CameHyper& defaults) {
+  Manifest m;
+  m.tensors.reserve(req.tensors_size());
+  for (int i = 0; i < req.tensors_size(); ++i) {
+    const v1::TensorSpec& t = req.tensors(i);
+    TensorSpec spec;
+    spec.name = t.name();
+    spec.shape.assign(t.shape().begin(), t.shape().end());
+    auto dtype = DTypeFromProto(t.dtype(), absl::StrCat("tensor ", i, " '", t.name().substr(0, 64), "'"));
+    if (!dtype.ok()) return dtype.status();
+    spec.dtype = *dtype;
+    spec.group = t.group();
+    m.tensors.push_back(std::move(spec));
+  }
+  for (const v1::ParamGroup& g : req.groups()) {
+    const v1::CameHyperparameters& h = g.hyperparameters();
+    CameHyper c = defaults;
+    if (h.has_lr()) c.lr = h.lr();
+    if (h.has_eps1()) c.eps1 = h.eps1();
+    if (h.has_eps2()) c.eps2 = h.eps2();
+    if (h.has_clip_threshold()) c.clip_threshold = h.clip_threshold();
+    if (h.has_beta1()) c.beta1 = h.beta1();
+    if (h.has_beta2()) c.beta2 = h.beta2();
+    if (h.has_beta3()) c.beta3 = h.beta3();
+    if (h.has_weight_decay()) c.weight_decay = h.weight_decay();
+    m.groups.push_back(c);
+  }
+  return m;
+}
+
+grpc::ServerUnaryReactor* RankService::Attach(grpc::CallbackServerContext* ctx,
+                                              const v1::AttachRequest* req,
+                                              v1::AttachResponse* resp) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    auto manifest = ManifestFromProto(*req, CameHyper{});
+    if (!manifest.ok()) return reactor->Finish(service::ToGrpcStatus(manifest.status()));
+    core_->Attach(*std::move(manifest), [reactor, resp](absl::StatusOr<Layout> layout) {
+      if (!layout.ok()) return reactor->Finish(service::ToGrpcStatus(layout.status()));
+      const ShardPlan& plan = layout->plan;
+      resp->set_attachment_id(layout->attachment_id);
+      resp->set_rank(layout->rank);
+      resp->set_world_size(layout->world_size);
+      resp->set_plan_version(1);
+      resp->set_alignment(plan.alignment);
+      resp->set_chunk_size(plan.chunk_size);
+      resp->set_padded_size(plan.padded_size);
+      resp->set_used_size(plan.used_size);
+      for (const auto& t : plan.tensors) {
+        v1::TensorLayout* l = resp->add_tensors();
+        l->set_name(t.spec.name);
+        l->set_offset(t.offset);
+        l->set_numel(t.geom.numel);
+        l->set_first_rank(t.first_rank);
+        l->set_last_rank(t.last_rank);
+      }
+      for (auto [buffer, name] : {std::pair{resp->mutable_params(), &layout->params_name},
+                                  std::pair{resp->mutable_grads(), &layout->grads_name}}) {
+        buffer->set_name(*name);
+        buffer->set_bytes(static_cast<int64_t>(layout->buffer_bytes));
+        buffer->set_dtype(DTypeToProto(plan.dtype));
+        buffer->set_device(-1);
+      }
+      resp->set_manifest_digest(layout->digest);
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::SyncParameters(grpc::CallbackServerContext* ctx,
+                                                      const v1::SyncParametersRequest* req,
+                                                      v1::SyncParametersResponse* resp) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    core_->SyncParameters(req->attachment_id(),
+                          [reactor, resp](absl::StatusOr<StateBytes> bytes) {
+                            if (bytes.ok()) StateBytesToProto(*bytes, resp->mutable_state_bytes());
+                            reactor->Finish(service::ToGrpcStatus(bytes.status()));
+                          });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::Step(grpc::CallbackServerContext* ctx,
+                                            const v1::StepRequest* req, v1::StepResponse* resp) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    StepCall call;
+    call.attachment_id = req->attachment_id();
+    call.step = req->step();
+    bool any_wd = false;
+    for (const v1::GroupStepScalars& g : req->groups()) {
+      call.lr.push_back(g.lr());
+      any_wd |= g.has_weight_decay();
+    }
+    if (any_wd) {
+      for (const v1::GroupStepScalars& g : req->groups()) {
+        if (!g.has_weight_decay())
+          return reactor->Finish(service::ToGrpcStatus(absl::InvalidArgumentError(
+              "set has_weight_decay on every group or on none")));
+        call.weight_decay.push_back(g.weight_decay());
+      }
+    }
+    call.max_grad_norm = req->max_grad_norm();
+    if (req->grad_scale() != 0 && req->grad_scale() != 1)
+      return reactor->Finish(service::ToGrpcStatus(absl::UnimplementedError(
+          "grad_scale (loss scaling) is not supported yet: unscale the gradients in the trainer")));
+    const int64_t step = call.step;
+    core_->Step(std::move(call), [reactor, resp, step](absl::StatusOr<StepOutcome> out) {
+      if (!out.ok()) return reactor->Finish(service::ToGrpcStatus(out.status()));
+      const EngineStepStats& s = out->stats;
+      resp->set_step(step);
+      resp->set_grad_norm(s.grad_norm);
+      resp->set_skipped(s.skipped);
+      resp->set_grad_scale(s.grad_scale);
+      resp->mutable_clip()->set_min_scale(s.min_clip_scale);
+      v1::PhaseTimings* t = resp->mutable_timings();
+      t->set_reduce_scatter_seconds(s.seconds.reduce_scatter);
+      t->set_statistics_all_reduce_seconds(s.seconds.stats_all_reduce);
+      t->set_kernels_seconds(s.seconds.kernels);
+      t->set_all_gather_seconds(s.seconds.all_gather);
+      t->set_total_seconds(s.seconds.total);
+      StateBytesToProto(out->state_bytes, resp->mutable_state_bytes());
+      resp->set_bytes_sent(s.bytes_reduce_scatter + s.bytes_stats + s.bytes_all_gather);
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::SaveCheckpoint(grpc::CallbackServerContext* ctx,
+                                                      const v1::SaveCheckpointRequest*,
+                                                      v1::SaveCheckpointResponse*) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    reactor->Finish(service::ToGrpcStatus(
+        absl::UnimplementedError("checkpoints are not implemented in this version of came-rankd")));
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::LoadCheckpoint(grpc::CallbackServerContext* ctx,
+                                                      const v1::LoadCheckpointRequest*,
+                                                      v1::LoadCheckpointResponse*) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    reactor->Finish(service::ToGrpcStatus(
+        absl::UnimplementedError("checkpoints are not implemented in this version of came-rankd")));
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::Detach(grpc::CallbackServerContext* ctx,
+                                              const v1::DetachRequest* req, v1::DetachResponse*) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    core_->Detach(req->attachment_id(), [reactor](absl::Status s) {
+      reactor->Finish(service::ToGrpcStatus(s));
+    });
+  });
+}
+
+}  // namespace came::rankd

@@ -1,0 +1,195 @@
+// came-rankd: one rank of a job (DESIGN.md, "Processes"). Joins the coordinator, connects to
+// the other ranks (Gloo through the coordinator's store), hosts the ShardedCame engine and
+// serves came.v1.Rank to its trainer. Prints one line "came-rankd rank R listening on
+// HOST:PORT" on stdout once serving. Stops on SIGINT/SIGTERM (exit 0) or when the job fails
+// (the coordinator reports another rank's death, or a collective fails): then it aborts its
+// collectives, answers every pending call with the reason and exits 1 naming it.
+#include <pthread.h>
+#include <signal.h>
+
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/exposer.h"
+#include "runtime/comm/gloo_communicator.h"
+#include "runtime/comm/prefix_store.h"
+#include "runtime/rankd/rank_core.h"
+#include "runtime/rankd/rank_metrics.h"
+#include "runtime/rankd/rank_service.h"
+#include "runtime/service/cli_common.h"
+#include "runtime/service/coordinator_client.h"
+#include "runtime/service/coordinator_store.h"
+#include "runtime/service/limits.h"
+
+ABSL_FLAG(std::string, coordinator, "", "host:port of came-coordinator (required)");
+ABSL_FLAG(std::string, token, "", "the job's shared secret (or --token-file)");
+ABSL_FLAG(std::string, token_file, "", "a file holding the shared secret");
+ABSL_FLAG(int, rank, -1, "the rank to take (-1: the lowest free one)");
+ABSL_FLAG(int, world_size, 0, "the job's world size (0: the coordinator's)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:0", "host:port to serve the trainer on (port 0: free)");
+ABSL_FLAG(std::string, backend, "gloo", "collective backend: gloo (CPU)");
+ABSL_FLAG(std::string, gloo_host, "127.0.0.1", "address Gloo binds and advertises to peers");
+ABSL_FLAG(int, threads, 1, "CPU kernel threads");
+ABSL_FLAG(int64_t, alignment, 16, "shard-plan alignment in elements");
+ABSL_FLAG(double, collective_timeout_seconds, 300, "deadline of every collective");
+ABSL_FLAG(int, metrics_port, 0, "port of /metrics on the --listen host (0: off)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate to serve the trainer with (TLS on)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA trainers' client certificates must chain to");
+ABSL_FLAG(std::string, coordinator_ca, "", "PEM CA of the coordinator's certificate (TLS on)");
+
+namespace came::rankd {
+namespace {
+
+using service::CoordinatorClient;
+
+absl::Status Run() {
+  absl::StatusOr<std::string> token =
+      service::ReadToken(absl::GetFlag(FLAGS_token), absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return token.status();
+  if (absl::GetFlag(FLAGS_coordinator).empty())
+    return absl::InvalidArgumentError("--coordinator is required");
+  if (absl::GetFlag(FLAGS_backend) != "gloo")
+    return absl::UnimplementedError(absl::StrCat(
+        "backend '", absl::GetFlag(FLAGS_backend),
+        "' is not available in came-rankd yet: GPU buffers (CUDA IPC) are not implemented; use gloo"));
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if (threads < 1 || threads > 1024) return absl::InvalidArgumentError("--threads must be in [1, 1024]");
+
+  // Signals are taken by one thread (sigwait), so every other thread starts with them blocked.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  service::CoordinatorClientOptions co;
+  co.target = absl::GetFlag(FLAGS_coordinator);
+  co.token = *token;
+  auto creds = service::ChannelCredentialsFromFiles(absl::GetFlag(FLAGS_coordinator_ca), "", "");
+  if (!creds.ok()) return creds.status();
+  if (!absl::GetFlag(FLAGS_coordinator_ca).empty()) co.credentials = *creds;
+  auto client_or = CoordinatorClient::Create(co);
+  if (!client_or.ok()) return client_or.status();
+  std::shared_ptr<CoordinatorClient> client = *std::move(client_or);
+
+  service::JoinRequest join;
+  join.requested_rank = absl::GetFlag(FLAGS_rank);
+  join.world_size = absl::GetFlag(FLAGS_world_size);
+  join.host = absl::GetFlag(FLAGS_gloo_host);
+  auto joined = client->Join(join);
+  if (!joined.ok()) return joined.status();
+  const int rank = joined->rank, world = joined->world_size;
+  std::cerr << "came-rankd: joined job " << joined->job_id << " as rank " << rank << " of "
+            << world << std::endl;
+
+  // Connect to the other ranks through the coordinator's store.
+  service::CoordinatorStore coordinator_store(client);
+  auto store = comm::PrefixStore::Create(absl::StrCat("job/", joined->job_id, "/"), coordinator_store);
+  if (!store.ok()) return store.status();
+  comm::GlooOptions gloo;
+  gloo.hostname = absl::GetFlag(FLAGS_gloo_host);
+  gloo.connect_timeout = absl::Minutes(5);
+  auto comm = comm::GlooCommunicator::Create(**store, rank, world, gloo);
+  if (!comm.ok()) return comm.status();
+
+  RankMetrics metrics(rank);
+  RankCoreOptions ro;
+  ro.rank = rank;
+  ro.world_size = world;
+  ro.num_threads = threads;
+  ro.alignment = absl::GetFlag(FLAGS_alignment);
+  ro.shm_prefix = absl::StrCat("/came-", joined->job_id, "-r", rank);
+  ro.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_seconds));
+  std::unique_ptr<service::HeartbeatThread> heartbeat;
+  auto core = RankCore::Create(
+      ro, *std::move(comm),
+      [client, rank](const std::string& digest, int64_t count, absl::Duration timeout) {
+        return client->SubmitManifest(rank, service::ManifestDigest{digest, count}, timeout);
+      },
+      [&metrics, &heartbeat](int64_t step, const EngineStepStats& stats, const StateBytes& bytes) {
+        metrics.Observe(stats, bytes);
+        if (heartbeat) heartbeat->SetStep(step);
+      });
+  if (!core.ok()) return core.status();
+
+  absl::Notification stop;
+  absl::Status failure;  // set before stop is notified, read after
+  heartbeat = std::make_unique<service::HeartbeatThread>(
+      client.get(), rank, joined->config.lease / 3, joined->config.lease,
+      [&](absl::Status reason) {
+        failure = absl::Status(reason.code(), absl::StrCat("job failed: ", reason.message()));
+        (*core)->Abort(failure);
+        if (!stop.HasBeenNotified()) stop.Notify();
+      });
+
+  auto server_creds = service::ServerCredentialsFromFiles(
+      absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca));
+  if (!server_creds.ok()) return server_creds.status();
+  RankService service(core->get(), *token);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *server_creds, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(service::kMaxMessageBytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(service::kMaxMessageBytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0)
+    return absl::UnavailableError(absl::StrCat("cannot serve on ", absl::GetFlag(FLAGS_listen)));
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (const int mp = absl::GetFlag(FLAGS_metrics_port); mp != 0) {
+    exposer = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", mp));
+    exposer->RegisterCollectable(metrics.registry());
+  }
+  std::cout << "came-rankd rank " << rank << " listening on " << host << ":" << port << std::endl;
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (!stop.HasBeenNotified()) stop.Notify();
+  });
+  stop.WaitForNotification();
+  if (failure.ok()) {
+    std::cerr << "came-rankd rank " << rank << ": stopping" << std::endl;
+    (*core)->Abort(absl::CancelledError("came-rankd is shutting down"));
+  }
+  heartbeat->Stop();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  core->reset();
+  // Wake the signal thread if it is still waiting, then join it.
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  if (failure.ok()) (void)client->Finish(rank);
+  return failure;
+}
+
+}  // namespace
+}  // namespace came::rankd
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "came-rankd --coordinator=HOST:PORT --token-file=F [--rank=R] [--world-size=N] "
+      "[--listen=HOST:PORT] [flags]\nFlags may be spelled --world-size or --world_size.");
+  std::vector<std::string> args = came::service::NormalizeFlagNames(argc, argv);
+  std::vector<char*> ptrs;
+  for (std::string& a : args) ptrs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  absl::Status status = came::rankd::Run();
+  if (!status.ok()) {
+    std::cerr << "came-rankd: " << status.message() << " [" << absl::StatusCodeToString(status.code())
+              << "]" << std::endl;
+    return 1;
+  }
+  return 0;
+}
