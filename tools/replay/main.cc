@@ -29,6 +29,7 @@
 #include "kernels/dtype.h"
 #include "kernels/geometry.h"
 #include "tools/replay/case_io.h"
+#include "tools/replay/sharded_trajectory.h"
 #include "tools/replay/trajectory.h"
 
 namespace came {
@@ -37,17 +38,20 @@ namespace {
 constexpr int kExitFail = 1;
 constexpr int kExitBadInput = 2;
 constexpr int kMaxThreads = 256;
+constexpr int kMaxRanks = 64;
 
 constexpr char kUsage[] =
     "usage: came-replay --case FILE.json [--impl reference|cpu] [--out OUT.json]\n"
-    "                   [--threads N] [--grad-dtype float32|bfloat16|float16]\n"
+    "                   [--threads N] [--grad-dtype float32|bfloat16|float16] [--ranks W]\n"
     "Runs a golden case through one CAME implementation and compares each step's parameters\n"
     "and the final state with the stored trajectory (tests/data/golden/README.md).\n"
     "  --impl        reference (double, tolerance 1e-10) or cpu (fused float32 kernels,\n"
     "                tolerances 5e-5 parameters / 1e-5 state); default cpu\n"
     "  --out         write the produced trajectory as a case file; a case without\n"
     "                params/state (inputs only) is accepted then\n"
-    "  --threads     CPU threads (cpu only), 1..256; default 2\n"
+    "  --threads     CPU threads (cpu only), 1..256; default 2 (1 per rank with --ranks)\n"
+    "  --ranks       run the sharded engine over W ranks (threads in this process, Gloo over\n"
+    "                127.0.0.1), 1..64; the tensor is split across the ranks (mid-row too)\n"
     "  --grad-dtype  the dtype the cpu kernels read gradients in; default float32. With a\n"
     "                16-bit dtype the stored trajectory (float64 gradients) no longer applies:\n"
     "                the expected trajectory is the double reference on the rounded gradients\n"
@@ -59,6 +63,8 @@ struct ReplayOptions {
   std::string impl = "cpu";
   int threads = 2;
   std::optional<DType> grad_dtype;  // set by --grad-dtype
+  std::optional<int> ranks;         // set by --ranks: the sharded engine
+  bool threads_set = false;
 };
 
 // One implementation a case can be replayed through.
@@ -75,6 +81,7 @@ absl::StatusOr<Trajectory> RunReferenceImpl(const GoldenCase& c, const ReplayOpt
 }
 
 absl::StatusOr<Trajectory> RunCpuImpl(const GoldenCase& c, const ReplayOptions& o) {
+  if (o.ranks) return RunSharded(c, *o.ranks, o.threads_set ? o.threads : 1);
   return RunCpu(c, o.grad_dtype.value_or(DType::kFloat32), o.threads);
 }
 
@@ -125,7 +132,7 @@ absl::StatusOr<ReplayOptions> ParseArgs(std::span<char* const> args, bool& help)
       has_value = true;
     }
     static const char* const kOptions[] = {"--case", "--impl", "--out", "--threads",
-                                           "--grad-dtype"};
+                                           "--grad-dtype", "--ranks"};
     if (std::find(std::begin(kOptions), std::end(kOptions), arg) == std::end(kOptions))
       return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
     if (std::find(seen.begin(), seen.end(), arg) != seen.end())
@@ -145,7 +152,14 @@ absl::StatusOr<ReplayOptions> ParseArgs(std::span<char* const> args, bool& help)
         return absl::InvalidArgumentError(
             absl::StrCat("--impl: unknown implementation \"", value, "\" (", RunnerNames(), ")"));
       o.impl = value;
+    } else if (arg == "--ranks") {
+      int w = 0;
+      if (!absl::SimpleAtoi(value, &w) || w < 1 || w > kMaxRanks)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--ranks: expected an integer in 1..", kMaxRanks, ", got \"", value, "\""));
+      o.ranks = w;
     } else if (arg == "--threads") {
+      o.threads_set = true;
       if (!absl::SimpleAtoi(value, &o.threads) || o.threads < 1 || o.threads > kMaxThreads)
         return absl::InvalidArgumentError(
             absl::StrCat("--threads: expected an integer in 1..", kMaxThreads, ", got \"", value,
@@ -158,6 +172,10 @@ absl::StatusOr<ReplayOptions> ParseArgs(std::span<char* const> args, bool& help)
     }
   }
   if (o.case_path.empty()) return absl::InvalidArgumentError("--case FILE.json is required");
+  if (o.ranks && o.impl != "cpu")
+    return absl::InvalidArgumentError("--ranks runs the sharded engine: use it with --impl cpu");
+  if (o.ranks && o.grad_dtype)
+    return absl::InvalidArgumentError("--grad-dtype does not apply to --ranks (float32 only)");
   if (o.grad_dtype && !FindRunner(o.impl)->takes_grad_dtype)
     return absl::InvalidArgumentError(
         absl::StrCat("--grad-dtype does not apply to --impl ", o.impl));
@@ -250,7 +268,9 @@ int Replay(const ReplayOptions& o) {
 
   std::printf("case %s  shape %s  steps %d  impl %s", c.name.c_str(),
               ShapeString(c.shape).c_str(), c.steps, o.impl.c_str());
-  if (runner.takes_grad_dtype)
+  if (o.ranks)
+    std::printf("  ranks %d (sharded engine)", *o.ranks);
+  else if (runner.takes_grad_dtype)
     std::printf("  threads %d  grad-dtype %s", o.threads, DTypeName(grad_dtype).data());
   std::printf("  isa %s  expected: %s\n", cpu::GetCpuLoops().isa, expected_from.c_str());
 
