@@ -1,0 +1,21 @@
+"""Errors raised by came_client."""
+
+import grpc
+
+
+class CameError(RuntimeError):
+    """A call to the rank service failed.
+
+    Attributes:
+      code: the grpc.StatusCode (e.g. grpc.StatusCode.UNAUTHENTICATED).
+      code_name: its name ("UNAUTHENTICATED").
+      details: the server's message.
+      method: the RPC that failed ("Step").
+    """
+
+    def __init__(self, method, code, details):
+        self.method = method
+        self.code = code
+        self.code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.details = details or ""
+        super().__init__("Rank.%s failed: %s: %s" % (method, self.code_name, self.details))

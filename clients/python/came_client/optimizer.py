@@ -1,0 +1,393 @@
+"""ShardedCAME: a torch.optim.Optimizer whose state and math live in came-rankd.
+
+Note [Zero-copy buffers]
+On construction the optimizer attaches to the local rankd, maps rankd's flat parameter and
+gradient buffers (shared memory) and makes every parameter a view of its slot:
+`p.data = params_view` (the nn.Module keeps the same Parameter objects) and
+`p.grad = grads_view`. Backward then accumulates straight into the shared gradient buffer:
+torch's AccumulateGrad adds in place into an existing .grad when backward runs without
+create_graph. Step() asks rankd to reduce-scatter the gradients, run CAME on this rank's
+shard and all-gather the parameters into the parameter buffer, so the model sees the
+updated values when Step returns. zero_grad() always zeroes the gradient buffer in place.
+Before every Step the optimizer re-points a .grad or .data that user code replaced
+(copying its values into the buffer), so `p.grad = None` and set_to_none=True are safe.
+
+Optimizer state (momentum, factored statistics) is held by rankd, sharded across ranks:
+state_dict() holds only the param_groups' hyperparameters. Checkpoint the optimizer
+through the service: save_checkpoint() / load_checkpoint().
+"""
+
+import dataclasses
+import math
+from typing import Dict, Optional
+
+import torch
+from torch.optim.optimizer import Optimizer, required
+
+from ._proto import common_pb2, rank_pb2
+from .launch_env import launch_env
+from .rank_client import RankClient
+from .shm import SharedTensorBuffer, proto_dtype
+
+# Hyperparameters fixed at Attach; only lr and weight_decay may change between steps.
+_FIXED_AT_ATTACH = ("betas", "eps", "clip_threshold")
+# Detach from __del__ must not hang interpreter shutdown.
+_DEL_DETACH_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """What rankd reported for one step (rank.proto StepResponse)."""
+    step: int
+    grad_norm: float
+    skipped: bool
+    clip_tensors_clipped: int
+    clip_min_scale: float
+    clip_mean_scale: float
+    timings: Dict[str, float]                    # phase -> seconds
+    state_bytes: Optional[Dict[str, int]] = None  # optimizer state on this rank, by kind
+    bytes_sent: int = 0                          # collective payload this rank sent
+
+    @classmethod
+    def from_proto(cls, r):
+        return cls(step=r.step, grad_norm=r.grad_norm, skipped=r.skipped,
+                   clip_tensors_clipped=r.clip.tensors_clipped,
+                   clip_min_scale=r.clip.min_scale, clip_mean_scale=r.clip.mean_scale,
+                   timings={f.name[:-len("_seconds")]: getattr(r.timings, f.name)
+                            for f in r.timings.DESCRIPTOR.fields},
+                   state_bytes=state_bytes_of(r),
+                   bytes_sent=r.bytes_sent)
+
+
+def state_bytes_of(message):
+    """Returns message.state_bytes as a dict, or None where the server did not send it."""
+    if not message.HasField("state_bytes"):
+        return None
+    sb = message.state_bytes
+    return {f.name: getattr(sb, f.name) for f in sb.DESCRIPTOR.fields}
+
+
+def _split_named(items, first_index):
+    """Returns (names, tensors) of an iterable of tensors or (name, tensor) pairs."""
+    if isinstance(items, torch.Tensor):
+        items = [items]
+    names, tensors = [], []
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            name, tensor = item
+        else:
+            name, tensor = "param.%d" % (first_index + len(tensors)), item
+        names.append(name)
+        tensors.append(tensor)
+    return names, tensors
+
+
+def _normalize_groups(params):
+    """Returns (torch param groups, names in flat order) for any form torch accepts, plus
+    named_parameters() pairs (top level or inside group dicts)."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params argument given to the optimizer should be an iterable of "
+                        "Tensors or dicts, but got " + torch.typename(params))
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if not isinstance(items[0], dict):
+        items = [{"params": items}]
+    groups, names = [], []
+    for group in items:
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError("a parameter group must be a dict with a 'params' entry")
+        group_names, tensors = _split_named(group["params"], len(names))
+        names.extend(group_names)
+        groups.append(dict(group, params=tensors))
+    return groups, names
+
+
+def _hyperparameters(group):
+    b1, b2, b3 = group["betas"]
+    e1, e2 = group["eps"]
+    # Every field is sent explicitly: rankd treats a present field as set.
+    return common_pb2.CameHyperparameters(
+        lr=group["lr"], eps1=e1, eps2=e2, clip_threshold=group["clip_threshold"],
+        beta1=b1, beta2=b2, beta3=b3, weight_decay=group["weight_decay"])
+
+
+def _check_group(group):
+    lr, betas, eps = group["lr"], group["betas"], group["eps"]
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError("invalid learning rate %r" % lr)
+    if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError("betas must be three values in [0, 1), got %r" % (betas,))
+    if len(eps) != 2 or not all(e >= 0 for e in eps):
+        raise ValueError("eps must be two values >= 0, got %r" % (eps,))
+    if not group["clip_threshold"] > 0:
+        raise ValueError("clip_threshold must be > 0, got %r" % group["clip_threshold"])
+    if not group["weight_decay"] >= 0:
+        raise ValueError("weight_decay must be >= 0, got %r" % group["weight_decay"])
+
+
+class ShardedCAME(Optimizer):
+    """CAME (arXiv:2307.02047) run by the local came-rankd, its state sharded over ranks.
+
+    Args:
+      params: model.named_parameters() (names are sent to rankd), an iterable of
+        parameters (named "param.<i>"), or a list of torch parameter-group dicts (whose
+        "params" may hold (name, parameter) pairs). All parameters share one dtype
+        (float32, bfloat16 or float16) and live on the CPU.
+      lr, betas=(b1, b2, b3), eps=(e1, e2), clip_threshold, weight_decay: as in
+        came-pytorch 0.1.3; a group dict may override any of them. lr and weight_decay
+        are sent with every step (LR schedulers work); betas, eps and clip_threshold are
+        fixed at Attach.
+      max_grad_norm: clip by global gradient norm before the step (None: off).
+      address, token: the rankd (host:port) and its bearer token; default to
+        CAME_RANKD_ADDRESS and CAME_TOKEN, as set by came-launch.
+      timeout: deadline in seconds of every call to rankd.
+
+    See Note [Zero-copy buffers]. Call close() (or use `with`) to detach; the parameters
+    stay usable afterwards, in ordinary memory.
+    """
+
+    def __init__(self, params, lr=required, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16),
+                 clip_threshold=1.0, weight_decay=0.0, max_grad_norm=None, *,
+                 address=None, token=None, timeout=600.0):
+        self._closed = True  # until attached: close() and __del__ have nothing to do
+        groups, names = _normalize_groups(params)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=tuple(eps),
+                        clip_threshold=clip_threshold, weight_decay=weight_decay)
+        super().__init__(groups, defaults)
+        for group in self.param_groups:
+            group["betas"], group["eps"] = tuple(group["betas"]), tuple(group["eps"])
+            _check_group(group)
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError("max_grad_norm must be > 0 or None, got %r" % max_grad_norm)
+        self.max_grad_norm = max_grad_norm
+        self.param_names = names
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        if len(set(names)) != len(names):
+            raise ValueError("parameter names must be unique")
+        self._dtype = self._check_params()
+        self._fixed = [{k: g[k] for k in _FIXED_AT_ATTACH} for g in self.param_groups]
+
+        env = launch_env(address=address, token=token)
+        self._client = RankClient(env.address, env.token, timeout)
+        self._params_buf = self._grads_buf = None
+        self._param_views, self._grad_views = [], []
+        self._step = 0
+        self.last_step_stats = None
+        try:
+            self._attach()
+        except BaseException:
+            self._copy_out()
+            self._release(raise_errors=False)
+            raise
+
+    # -- construction ---------------------------------------------------------------------
+
+    def _check_params(self):
+        dtypes = sorted({str(p.dtype) for p in self._params})
+        if len(dtypes) != 1:
+            raise TypeError("all parameters must share one dtype, got " + ", ".join(dtypes))
+        proto_dtype(self._params[0].dtype)  # TypeError for an unsupported dtype
+        for name, p in zip(self.param_names, self._params):
+            if p.device.type != "cpu":
+                raise ValueError("parameter %s is on %s; came_client shares host memory "
+                                 "with rankd, so parameters must be on the CPU" % (name, p.device))
+        return self._params[0].dtype
+
+    def _attach(self):
+        group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
+        dtype = proto_dtype(self._dtype)
+        request = rank_pb2.AttachRequest(
+            tensors=[rank_pb2.TensorSpec(name=n, shape=list(p.shape), dtype=dtype, group=gi)
+                     for n, p, gi in zip(self.param_names, self._params, group_of)],
+            groups=[rank_pb2.ParamGroup(hyperparameters=_hyperparameters(g))
+                    for g in self.param_groups],
+            initial_params_in_buffer=True)
+        response = self._client.attach(request)
+        self.attachment_id = response.attachment_id
+        self._closed = False  # attached: from here on close() detaches
+        self.rank, self.world_size = response.rank, response.world_size
+        self.attach_response = response
+        layouts = self._check_layout(response)
+        for buf in (response.params, response.grads):
+            if buf.dtype != dtype:
+                raise ValueError("rankd's buffer %s has dtype %s, the parameters %s" % (
+                    buf.name, common_pb2.DType.Name(buf.dtype), self._dtype))
+        self._params_buf = SharedTensorBuffer(response.params, response.padded_size)
+        self._grads_buf = SharedTensorBuffer(response.grads, response.padded_size)
+        for p, layout in zip(self._params, layouts):
+            self._param_views.append(self._params_buf.view(layout.offset, layout.numel, p.shape))
+            self._grad_views.append(self._grads_buf.view(layout.offset, layout.numel, p.shape))
+        with torch.no_grad():
+            self._grads_buf.flat.zero_()
+            for p, pv, gv in zip(self._params, self._param_views, self._grad_views):
+                pv.copy_(p.data)
+                p.data = pv
+                p.grad = gv
+        self.state_bytes = state_bytes_of(self._client.sync_parameters(self.attachment_id))
+
+    def _check_layout(self, response):
+        layouts = list(response.tensors)
+        if len(layouts) != len(self._params):
+            raise ValueError("rankd returned %d tensor layouts for %d parameters" %
+                             (len(layouts), len(self._params)))
+        for name, p, layout in zip(self.param_names, self._params, layouts):
+            if layout.name != name or layout.numel != p.numel():
+                raise ValueError("rankd's layout (%s, %d elements) does not match parameter "
+                                 "%s (%d elements)" % (layout.name, layout.numel, name, p.numel()))
+        return layouts
+
+    # -- torch.optim.Optimizer -------------------------------------------------------------
+
+    def add_param_group(self, param_group):
+        if getattr(self, "_params", None) is not None:
+            raise RuntimeError("ShardedCAME cannot add parameter groups after Attach; "
+                               "create the optimizer with every group")
+        super().add_param_group(param_group)
+
+    def zero_grad(self, set_to_none=False):
+        """Zeroes the shared gradient buffer in place (set_to_none is accepted, and the
+        gradients stay views of the buffer either way)."""
+        self._check_open()
+        with torch.no_grad():
+            self._grads_buf.flat.zero_()
+            for p, gv in zip(self._params, self._grad_views):
+                if p.grad is None or p.grad.data_ptr() != gv.data_ptr():
+                    p.grad = gv
+
+    def step(self, closure=None):
+        """Runs one CAME step in rankd; returns the closure's loss (None without one).
+
+        Raises CameError when rankd refuses or fails the step."""
+        self._check_open()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_fixed(self.param_groups)
+        self._claim_buffers()
+        self._step += 1  # even if the call fails: step numbers never repeat
+        request = rank_pb2.StepRequest(
+            attachment_id=self.attachment_id, step=self._step,
+            groups=[rank_pb2.GroupStepScalars(lr=g["lr"], weight_decay=g["weight_decay"],
+                                              has_weight_decay=True)
+                    for g in self.param_groups],
+            max_grad_norm=self.max_grad_norm or 0.0)
+        self.last_step_stats = StepStats.from_proto(self._client.step(request))
+        return loss
+
+    def load_state_dict(self, state_dict):
+        """Loads param_groups' hyperparameters; optimizer state comes from load_checkpoint()."""
+        self._check_fixed(state_dict["param_groups"])
+        super().load_state_dict(state_dict)
+
+    # -- the service -----------------------------------------------------------------------
+
+    @property
+    def params_buffer(self):
+        """The mapped parameter buffer (shm.SharedTensorBuffer); None once closed."""
+        return self._params_buf
+
+    @property
+    def grads_buffer(self):
+        """The mapped gradient buffer (shm.SharedTensorBuffer); None once closed."""
+        return self._grads_buf
+
+    @property
+    def step_count(self):
+        """The number of the last step sent to rankd."""
+        return self._step
+
+    def save_checkpoint(self):
+        """Writes the optimizer state and parameters through rankd (coordinated with the
+        other ranks); returns rank_pb2.SaveCheckpointResponse."""
+        self._check_open()
+        return self._client.save_checkpoint(self.attachment_id, self._step)
+
+    def load_checkpoint(self, manifest_path=""):
+        """Loads a committed checkpoint ("" = the latest) into rankd and the parameter
+        buffer; the next step continues from its step number. Returns
+        rank_pb2.LoadCheckpointResponse."""
+        self._check_open()
+        response = self._client.load_checkpoint(self.attachment_id, manifest_path)
+        self._step = response.step
+        return response
+
+    def close(self):
+        """Detaches from rankd. The parameters (and gradients) are copied out of shared
+        memory first and stay usable. Idempotent."""
+        if self._closed:
+            return
+        self._copy_out()
+        self._release(raise_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self._client.timeout = min(self._client.timeout, _DEL_DETACH_TIMEOUT)
+                self.close()
+        except Exception:  # interpreter shutdown or rankd gone: nothing left to do
+            pass
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _copy_out(self):
+        """Moves parameters and gradients that are views of the buffers to ordinary memory."""
+        with torch.no_grad():
+            for p, pv, gv in zip(self._params, self._param_views, self._grad_views):
+                if p.data.data_ptr() == pv.data_ptr():
+                    p.data = pv.clone()
+                if p.grad is not None and p.grad.data_ptr() == gv.data_ptr():
+                    p.grad = gv.clone()
+
+    def _release(self, raise_errors):
+        """Detaches (if attached), unmaps and closes the channel."""
+        error = None
+        if not self._closed:
+            self._closed = True
+            try:
+                self._client.detach(self.attachment_id)
+            except Exception as e:  # still unmap and close
+                error = e
+        self._param_views, self._grad_views = [], []
+        for buf in (self._params_buf, self._grads_buf):
+            if buf is not None:
+                buf.close()
+        self._params_buf = self._grads_buf = None
+        self._client.close()
+        if error is not None and raise_errors:
+            raise error
+    def _check_open(self):
+        if self._closed:
+            raise RuntimeError("ShardedCAME is closed (detached from rankd)")
+
+    def _check_fixed(self, groups):
+        for i, (group, fixed) in enumerate(zip(groups, self._fixed)):
+            for key, value in fixed.items():
+                current = tuple(group[key]) if isinstance(value, tuple) else group[key]
+                if current != value:
+                    raise ValueError("param_groups[%d][%r] changed from %r to %r; it is fixed "
+                                     "at Attach (only lr and weight_decay change per step)" %
+                                     (i, key, value, current))
+
+    def _claim_buffers(self):
+        """Re-points parameters and gradients that user code replaced back into the
+        shared buffers, copying their values in (None gradients become zeros)."""
+        with torch.no_grad():
+            for p, pv, gv in zip(self._params, self._param_views, self._grad_views):
+                if p.data.data_ptr() != pv.data_ptr():
+                    pv.copy_(p.data)
+                    p.data = pv
+                g = p.grad
+                if g is None:
+                    gv.zero_()
+                    p.grad = gv
+                elif g.data_ptr() != gv.data_ptr():
+                    gv.copy_(g)
+                    p.grad = gv

@@ -1,0 +1,66 @@
+"""A thin client of the came.v1.Rank service: token, deadline and error translation.
+
+Every call carries ("authorization", "Bearer <token>") and a deadline; a failed call raises
+CameError with the gRPC code and the server's message. Requests and responses are the
+generated proto messages (came_client._proto.rank_pb2).
+"""
+
+import grpc
+
+from ._proto import rank_pb2, rank_pb2_grpc
+from .errors import CameError
+
+# rank.proto: kMaxMessageBytes (a manifest of many tensors can be large).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class RankClient:
+    """Calls one rankd. Thread-safe as far as grpc channels are; close() when done."""
+
+    def __init__(self, address, token, timeout=600.0):
+        if not address:
+            raise ValueError("no rankd address: pass address= or set CAME_RANKD_ADDRESS")
+        if token is None:
+            raise ValueError("no token: pass token= or set CAME_TOKEN")
+        self.address = address
+        self.timeout = float(timeout)
+        self._metadata = (("authorization", "Bearer " + token),)
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = rank_pb2_grpc.RankStub(self._channel)
+
+    def attach(self, request):
+        # The trainer may start before its rankd listens: wait for it, up to the deadline.
+        return self._call("Attach", request, wait_for_ready=True)
+
+    def sync_parameters(self, attachment_id):
+        return self._call("SyncParameters",
+                          rank_pb2.SyncParametersRequest(attachment_id=attachment_id))
+
+    def step(self, request):
+        return self._call("Step", request)
+
+    def save_checkpoint(self, attachment_id, step):
+        return self._call("SaveCheckpoint", rank_pb2.SaveCheckpointRequest(
+            attachment_id=attachment_id, step=step))
+
+    def load_checkpoint(self, attachment_id, manifest_path=""):
+        return self._call("LoadCheckpoint", rank_pb2.LoadCheckpointRequest(
+            attachment_id=attachment_id, manifest_path=manifest_path))
+
+    def detach(self, attachment_id, timeout=None):
+        return self._call("Detach", rank_pb2.DetachRequest(attachment_id=attachment_id),
+                          timeout=timeout)
+
+    def close(self):
+        self._channel.close()
+
+    def _call(self, method, request, wait_for_ready=False, timeout=None):
+        rpc = getattr(self._stub, method)
+        try:
+            return rpc(request, timeout=self.timeout if timeout is None else timeout,
+                       metadata=self._metadata, wait_for_ready=wait_for_ready)
+        except grpc.RpcError as e:
+            raise CameError(method, e.code(), e.details()) from None
