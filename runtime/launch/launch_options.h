@@ -1,0 +1,39 @@
+// The command line of came-launch, parsed into LaunchOptions (no globals, no absl flags:
+// everything after "--" belongs to the trainer and is kept as is).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace came::launch {
+
+struct LaunchOptions {
+  int nproc = 0;                     // --nproc N, 1 .. kMaxProcs; required
+  std::string backend;               // --backend gloo|nccl; "" = nccl on a CUDA build with a
+                                     // GPU device present, gloo otherwise
+  int metrics_port = -1;             // --metrics-port P for the coordinator; -1 = not passed
+  int threads_per_rank = 0;          // --threads-per-rank T; 0 = cores / N, at least 1
+  std::string token_file;            // --token-file F; "" = a fresh random token
+  std::string bin_dir;               // --bin-dir DIR; "" = the launcher's own folder
+  std::string log_dir;               // --log-dir DIR; "" = no log files
+  int timeout_seconds = 0;           // --timeout-seconds S; 0 = no job deadline
+  int startup_timeout_seconds = 60;  // --startup-timeout-seconds S: for each daemon's
+                                     // "listening on" line
+  int grace_seconds = 10;            // --grace-seconds S: stop signal to SIGKILL
+  std::vector<std::string> command;  // the trainer command, after "--"
+  bool help = false;                 // --help
+};
+
+inline constexpr int kMaxProcs = 1024;
+
+// Parses the arguments after argv[0]. Flags take "--flag value" or "--flag=value".
+// InvalidArgument naming the flag for unknown flags, missing or malformed values, and a
+// missing --nproc or trainer command (unless --help).
+absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& args);
+
+// Returns the usage text printed by --help.
+std::string LaunchUsage();
+
+}  // namespace came::launch
