@@ -11,3 +11,13 @@ if(TARGET came_coordinator_server)
     LIBS came_coordinator_server came_coordinator_client
     LABELS service)
 endif()
+
+if(TARGET came-coordinator)
+  came_add_test(coordinator_binary_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/coordinator_binary_test.cc
+    LIBS came_coordinator_client
+    LABELS service)
+  target_compile_definitions(coordinator_binary_test
+    PRIVATE CAME_COORDINATOR_BIN="$<TARGET_FILE:came-coordinator>")
+  add_dependencies(coordinator_binary_test came-coordinator)
+endif()
