@@ -17,6 +17,14 @@
 // O(sum of rows + cols of split tensors), the first of which also carries the global sum of
 // g^2 (finiteness and gradient-norm clipping). Whole tensors need no communication.
 //
+// Note [16-bit reduction]
+// bf16/fp16 gradients are reduce-scattered in their own dtype, as NCCL does and as FSDP does
+// by default (reduce_dtype = param dtype): each ring hop adds in float and rounds the partial
+// sum to 16 bits, so the wire carries 2 bytes per element. With a world size that is not a
+// power of two, the average therefore differs from the exact mean by a few 16-bit ulps (the
+// updates by about the same relative amount); fp32 gradients are unaffected. A float32
+// reduction option (FSDP's reduce_dtype=float32) is not implemented yet.
+//
 // Thread-safety: Step and the state accessors must be called from one thread at a time.
 #pragma once
 

@@ -3,6 +3,9 @@
 // the result as JSON: the full parameters from its flat buffer and the state of its pieces.
 //
 //   engine_worker --rank R --world W --store DIR --steps N --out FILE [--nan-rank R --nan-step S]
+//                 [--dtype float32|bfloat16|float16] [--same-grads]
+// With a 16-bit dtype the parameters and gradients are in that dtype (fp32 master copy);
+// --same-grads gives every rank rank 0's gradient.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -28,9 +31,17 @@ int Fail(const std::string& what) {
 
 int Main(int argc, char** argv) {
   int rank = -1, world = 0, steps = 10, nan_rank = -1, nan_step = -1;
+  bool same_grads = false;
+  DType dtype = DType::kFloat32;
   std::string store_dir, out_path;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (k == "--same-grads") {
+      same_grads = true;
+      continue;
+    }
+    if (i + 1 >= argc) return Fail("missing value of " + k);
+    const std::string v = argv[++i];
     if (k == "--rank") rank = std::atoi(v.c_str());
     else if (k == "--world") world = std::atoi(v.c_str());
     else if (k == "--steps") steps = std::atoi(v.c_str());
@@ -38,6 +49,11 @@ int Main(int argc, char** argv) {
     else if (k == "--out") out_path = v;
     else if (k == "--nan-rank") nan_rank = std::atoi(v.c_str());
     else if (k == "--nan-step") nan_step = std::atoi(v.c_str());
+    else if (k == "--dtype") {
+      auto d = ParseDType(v);
+      if (!d) return Fail("unknown dtype " + v);
+      dtype = *d;
+    }
     else return Fail("unknown flag " + k);
   }
   if (rank < 0 || world < 1 || store_dir.empty() || out_path.empty())
@@ -47,14 +63,16 @@ int Main(int argc, char** argv) {
   if (!store.ok()) return Fail(std::string(store.status().message()));
   auto comm = comm::GlooCommunicator::Create(**store, rank, world);
   if (!comm.ok()) return Fail(std::string(comm.status().message()));
-  auto plan = ShardPlan::Make(testing::TestModel(), world, 1);
+  auto plan = ShardPlan::Make(testing::TestModel(dtype), world, 1);
   if (!plan.ok()) return Fail(std::string(plan.status().message()));
 
-  std::vector<float> params(plan->padded_size, 0.0f), grads(plan->padded_size, 0.0f);
+  const size_t elem = DTypeSize(dtype);
+  std::vector<uint8_t> params(plan->padded_size * elem, 0), grads(plan->padded_size * elem, 0);
   const auto initial = testing::InitialParams(testing::TestModel());
   for (size_t t = 0; t < plan->tensors.size(); ++t)
     for (size_t i = 0; i < initial[t].size(); ++i)
-      params[plan->tensors[t].offset + i] = static_cast<float>(initial[t][i]);
+      StoreFromFloat(params.data(), dtype, plan->tensors[t].offset + i,
+                     static_cast<float>(initial[t][i]));
 
   EngineOptions options;
   options.groups = testing::TestGroups();
@@ -68,9 +86,11 @@ int Main(int argc, char** argv) {
   for (int step = 1; step <= steps; ++step) {
     for (size_t t = 0; t < plan->tensors.size(); ++t)
       for (int64_t i = 0; i < plan->tensors[t].geom.numel; ++i)
-        grads[plan->tensors[t].offset + i] =
-            static_cast<float>(testing::Grad(rank, step, static_cast<int>(t), i));
-    if (rank == nan_rank && step == nan_step) grads[plan->tensors.back().offset] = NAN;
+        StoreFromFloat(grads.data(), dtype, plan->tensors[t].offset + i,
+                       static_cast<float>(testing::Grad(same_grads ? 0 : rank, step,
+                                                        static_cast<int>(t), i)));
+    if (rank == nan_rank && step == nan_step)
+      StoreFromFloat(grads.data(), dtype, plan->tensors.back().offset, NAN);
     auto stats = (*engine)->Step({step, testing::StepLr(step)});
     if (!stats.ok()) return Fail(std::string(stats.status().message()));
     if (stats->skipped) out["skipped"].push_back(step);
@@ -78,8 +98,9 @@ int Main(int argc, char** argv) {
 
   for (size_t t = 0; t < plan->tensors.size(); ++t) {
     const auto& tensor = plan->tensors[t];
-    std::vector<double> p(params.begin() + tensor.offset,
-                          params.begin() + tensor.offset + tensor.geom.numel);
+    std::vector<double> p(tensor.geom.numel);
+    for (int64_t i = 0; i < tensor.geom.numel; ++i)
+      p[i] = LoadAsFloat(params.data(), dtype, tensor.offset + i);
     out["params"][tensor.spec.name] = p;
     const TensorStateView v = (*engine)->tensor_state(static_cast<int>(t));
     if (v.end <= v.begin) continue;
@@ -95,6 +116,7 @@ int Main(int argc, char** argv) {
     put("exp_avg_sq_col", v.exp_avg_sq_col);
     put("exp_avg_res_row", v.exp_avg_res_row);
     put("exp_avg_res_col", v.exp_avg_res_col);
+    put("master", v.master);
   }
   out["steps_taken"] = (*engine)->steps_taken();
   std::ofstream f(out_path + ".tmp");

@@ -183,5 +183,46 @@ TEST(MultiProcessSkipTest, NanOnOneRankSkipsTheStepOnEveryRank) {
   ExpectMatches(outs, testing::RunReferenceModel(world, kSteps, {nan_step}), nullptr);
 }
 
+// bf16 and fp16 parameters and gradients over 4 processes, the same gradient on every rank:
+// the fp32 master copies equal the single-rank engine's (with a power-of-two world the 16-bit
+// average of equal values is exact: Note [16-bit reduction] in runtime/sharded_came.h), and
+// the 16-bit parameters are the masters rounded.
+TEST(MultiProcess16BitTest, MastersEqualSingleRankFp32Master) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    const int world = 4;
+    const auto outs = RunWorkers(world, {"--dtype", std::string(DTypeName(dtype)), "--same-grads"});
+    if (::testing::Test::HasFailure()) return;
+    const auto specs = testing::TestModel(dtype);
+    EngineOptions options;
+    options.groups = testing::TestGroups();
+    auto single = LocalCluster::Create(specs, 1, 1, testing::InitialParams(specs), options);
+    ASSERT_TRUE(single.ok()) << single.status();
+    for (int step = 1; step <= kSteps; ++step)
+      ASSERT_TRUE((*single)->Step([&](int, int t, std::span<float> g) {
+                      for (size_t i = 0; i < g.size(); ++i)
+                        g[i] = static_cast<float>(testing::Grad(0, step, t, i));
+                    }, {step, testing::StepLr(step)}).ok());
+    for (size_t t = 0; t < specs.size(); ++t) {
+      const std::string& name = specs[t].name;
+      std::vector<double> master(single->get()->plan().tensors[t].geom.numel, NAN);
+      for (const json& o : outs) {
+        if (!o["pieces"].contains(name)) continue;
+        const auto m = o["pieces"][name]["master"].get<std::vector<double>>();
+        std::copy(m.begin(), m.end(), master.begin() + o["pieces"][name]["begin"].get<int64_t>());
+      }
+      const TensorStateView sv = (*single)->engine(0).tensor_state(static_cast<int>(t));
+      const std::vector<double> want(sv.master.begin(), sv.master.end());
+      EXPECT_LE(ParamError(master, want), kFloat32ParamTolerance) << DTypeName(dtype) << " " << name;
+      const auto p = outs[0]["params"][name].get<std::vector<double>>();
+      for (size_t i = 0; i < p.size(); ++i) {
+        const float m = static_cast<float>(master[i]);
+        const float rounded = dtype == DType::kBFloat16 ? BFloat16ToFloat(FloatToBFloat16(m))
+                                                        : HalfToFloat(FloatToHalf(m));
+        ASSERT_EQ(static_cast<float>(p[i]), rounded) << name << "[" << i << "]";
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace came

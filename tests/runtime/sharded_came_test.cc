@@ -167,8 +167,10 @@ TEST(ShardedCameTest, BFloat16ParametersMatchSingleRankFp32Master) {
     auto single = MakeCluster(1, dtype);
     ASSERT_NE(cluster, nullptr);
     ASSERT_NE(single, nullptr);
-    // The same gradient on every rank: the average of equal 16-bit values is exact, so the
-    // sharded run and the single-rank run see identical inputs.
+    // The same gradient on every rank and a power-of-two world: each ring hop's 16-bit sum
+    // (2g, 3g, 4g) rounds back to the exact 4g, so the average is exact and the sharded run
+    // and the single-rank run see identical inputs (Note [16-bit reduction] in
+    // runtime/sharded_came.h).
     auto grads = [](int step) {
       return [step](int, int t, std::span<float> g) {
         for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(Grad(0, step, t, i));
