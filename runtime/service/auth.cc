@@ -1,7 +1,6 @@
 #include "runtime/service/auth.h"
 
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
+#include "runtime/service/validation.h"
 
 namespace came::service {
 namespace {
@@ -17,15 +16,6 @@ std::string TokenFromMetadata(const grpc::ServerContextBase& ctx) {
   std::string value(it->second.data(), it->second.size());
   if (value.compare(0, kBearer.size(), kBearer) != 0) return "";
   return value.substr(kBearer.size());
-}
-
-bool ConstantTimeEquals(std::string_view given, std::string_view secret) {
-  unsigned char diff = given.size() != secret.size();
-  for (size_t i = 0; i < secret.size(); ++i) {
-    unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-    diff |= g ^ static_cast<unsigned char>(secret[i]);
-  }
-  return diff == 0;
 }
 
 absl::Status CheckBearerToken(const grpc::ServerContextBase& ctx, std::string_view secret) {

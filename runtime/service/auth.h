@@ -14,9 +14,6 @@ namespace came::service {
 // Returns the token of "authorization: Bearer <token>", or "" when there is none.
 std::string TokenFromMetadata(const grpc::ServerContextBase& ctx);
 
-// Compares in time that depends only on the length of `secret`.
-bool ConstantTimeEquals(std::string_view given, std::string_view secret);
-
 // Returns OK when the call carries `secret`; Unauthenticated with a message that says what to
 // send otherwise.
 absl::Status CheckBearerToken(const grpc::ServerContextBase& ctx, std::string_view secret);

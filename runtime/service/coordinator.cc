@@ -30,16 +30,6 @@ std::string Describe(const ManifestDigest& m) {
   return absl::StrFormat("digest %s, %d tensors", m.digest, m.tensor_count);
 }
 
-// Compares in time that depends only on the length of `secret`.
-bool ConstantTimeEquals(std::string_view given, std::string_view secret) {
-  unsigned char diff = given.size() != secret.size();
-  for (size_t i = 0; i < secret.size(); ++i) {
-    unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-    diff |= g ^ static_cast<unsigned char>(secret[i]);
-  }
-  return diff == 0;
-}
-
 std::string RandomJobId() {
   absl::BitGen gen;
   return absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen));

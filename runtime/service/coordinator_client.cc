@@ -7,6 +7,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "runtime/service/auth.h"
 #include "runtime/service/grpc_status.h"
 #include "runtime/service/limits.h"
 #include "runtime/service/proto_convert.h"
@@ -37,7 +38,7 @@ CoordinatorClient::CoordinatorClient(CoordinatorClientOptions options,
       stub_(v1::Coordinator::NewStub(channel_)) {}
 
 void CoordinatorClient::Prepare(grpc::ClientContext& ctx, absl::Duration timeout) const {
-  ctx.AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+  AddBearerToken(ctx, options_.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/server_credentials.h"
+#include "runtime/service/cli_common.h"
 #include "runtime/service/coordinator.h"
 #include "runtime/service/coordinator_server.h"
 
@@ -39,53 +40,6 @@ ABSL_FLAG(std::string, job_id, "", "the job's id (empty: random)");
 namespace came::service {
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::StatusOr<std::string> Token() {
-  const std::string token = absl::GetFlag(FLAGS_token);
-  const std::string file = absl::GetFlag(FLAGS_token_file);
-  if (!token.empty() && !file.empty()) {
-    return absl::InvalidArgumentError("give --token or --token-file, not both");
-  }
-  if (!file.empty()) {
-    absl::StatusOr<std::string> contents = ReadFile(file);
-    if (!contents.ok()) return contents.status();
-    return std::string(absl::StripAsciiWhitespace(*contents));
-  }
-  if (token.empty()) return absl::InvalidArgumentError("--token or --token-file is required");
-  return token;
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_tls_key);
-  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
-  if (cert.empty() && key.empty() && ca.empty()) return grpc::InsecureServerCredentials();
-  if (cert.empty() || key.empty()) {
-    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
-  }
-  grpc::SslServerCredentialsOptions options;
-  absl::StatusOr<std::string> cert_pem = ReadFile(cert);
-  absl::StatusOr<std::string> key_pem = ReadFile(key);
-  if (!cert_pem.ok()) return cert_pem.status();
-  if (!key_pem.ok()) return key_pem.status();
-  options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
-  if (!ca.empty()) {
-    absl::StatusOr<std::string> ca_pem = ReadFile(ca);
-    if (!ca_pem.ok()) return ca_pem.status();
-    options.pem_root_certs = *ca_pem;
-    options.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(options);
-}
-
 // Set by the signal handler (only a sig_atomic_t store is async-signal-safe); the main
 // thread polls it.
 volatile std::sig_atomic_t g_signalled = 0;
@@ -95,7 +49,8 @@ void RecordSignal(int) { g_signalled = 1; }
 absl::Status Run() {
   CoordinatorOptions options;
   options.world_size = absl::GetFlag(FLAGS_world_size);
-  absl::StatusOr<std::string> token = Token();
+  absl::StatusOr<std::string> token =
+      ReadToken(absl::GetFlag(FLAGS_token), absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return token.status();
   options.token = *token;
   options.job_id = absl::GetFlag(FLAGS_job_id);
@@ -112,7 +67,8 @@ absl::Status Run() {
 
   CoordinatorServerOptions server_options;
   server_options.listen = absl::GetFlag(FLAGS_listen);
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials();
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentialsFromFiles(
+      absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_ca));
   if (!credentials.ok()) return credentials.status();
   server_options.credentials = *credentials;
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
@@ -144,24 +100,11 @@ absl::Status Run() {
 }  // namespace
 }  // namespace came::service
 
-// Returns argv with "--flag-name" spelled "--flag_name" (absl's spelling), so both work.
-std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string& a = args[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    const size_t end = std::min(a.find('='), a.size());
-    std::replace(a.begin() + 2, a.begin() + end, '-', '_');
-  }
-  return args;
-}
-
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "came-coordinator --world-size=N --token=SECRET [--listen=HOST:PORT] [flags]\n"
       "Flags may be spelled --world-size or --world_size.");
-  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<std::string> args = came::service::NormalizeFlagNames(argc, argv);
   std::vector<char*> arg_ptrs;
   for (std::string& a : args) arg_ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());

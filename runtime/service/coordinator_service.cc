@@ -7,24 +7,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "runtime/service/auth.h"
 #include "runtime/service/grpc_status.h"
 #include "runtime/service/limits.h"
 #include "runtime/service/proto_convert.h"
 
 namespace came::service {
 namespace {
-
-constexpr char kAuthKey[] = "authorization";
-constexpr char kBearer[] = "Bearer ";
-
-// Returns the token of "authorization: Bearer <token>", or "" when there is none.
-std::string TokenFromMetadata(const grpc::CallbackServerContext& ctx) {
-  auto it = ctx.client_metadata().find(kAuthKey);
-  if (it == ctx.client_metadata().end()) return "";
-  std::string value(it->second.data(), it->second.size());
-  if (!absl::StartsWith(value, kBearer)) return "";
-  return value.substr(sizeof(kBearer) - 1);
-}
 
 absl::Status Authenticate(const Coordinator& core, std::string_view token) {
   if (token.empty()) {

@@ -7,6 +7,15 @@
 
 namespace came::service {
 
+bool ConstantTimeEquals(std::string_view given, std::string_view secret) {
+  unsigned char diff = given.size() != secret.size();
+  for (size_t i = 0; i < secret.size(); ++i) {
+    unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    diff |= g ^ static_cast<unsigned char>(secret[i]);
+  }
+  return diff == 0;
+}
+
 absl::Status CheckName(std::string_view field, std::string_view value, int64_t max_bytes) {
   if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(std::string(field), " is empty"));
   return CheckLength(field, value, max_bytes);

@@ -10,6 +10,9 @@
 namespace came::service {
 
 // Checks that value is non-empty and at most max_bytes long.
+// Returns whether given == secret, in time that depends only on the length of `secret`.
+bool ConstantTimeEquals(std::string_view given, std::string_view secret);
+
 absl::Status CheckName(std::string_view field, std::string_view value, int64_t max_bytes);
 
 // Checks that value is at most max_bytes long (it may be empty).
