@@ -34,13 +34,13 @@
 namespace came::rankd {
 namespace {
 
-using ::testing::HasSubstr;
+using ::came::rankd_test::ShmExists;
+using ::came::rankd_test::StepLr;
 using testing::Grad;
+using ::testing::HasSubstr;
 using testing::InitialParams;
 using testing::TestGroups;
 using testing::TestModel;
-using ::came::rankd_test::ShmExists;
-using ::came::rankd_test::StepLr;
 
 constexpr int64_t kAlignment = 1;  // splits tensors mid-row over 2 and 3 ranks
 constexpr absl::Duration kWait = absl::Seconds(30);
@@ -130,8 +130,7 @@ class FakeAgreement {
   }
 
  private:
-  absl::Status Submit(int rank, const std::string& digest, int64_t count,
-                      absl::Duration timeout) {
+  absl::Status Submit(int rank, const std::string& digest, int64_t count, absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     ++submissions_;
     const int round = next_round_[rank]++;
@@ -144,14 +143,13 @@ class FakeAgreement {
       return true;
     };
     if (!mu_.AwaitWithTimeout(absl::Condition(&complete), timeout))
-      return absl::DeadlineExceededError(
-          absl::StrCat("manifest agreement: not every rank submitted within ",
-                       absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "manifest agreement: not every rank submitted within ", absl::FormatDuration(timeout)));
     for (int r = 1; r < world_; ++r)
       if (*digests[r] != *digests[0])
-        return absl::FailedPreconditionError(absl::StrCat(
-            "the tensor manifest of rank ", r, " (", *digests[r], ") differs from rank 0's (",
-            *digests[0], ")"));
+        return absl::FailedPreconditionError(absl::StrCat("the tensor manifest of rank ", r, " (",
+                                                          *digests[r], ") differs from rank 0's (",
+                                                          *digests[0], ")"));
     return absl::OkStatus();
   }
 
@@ -186,7 +184,8 @@ std::unique_ptr<Cores> MakeCores(int world, absl::Duration collective_timeout = 
     comm::GlooOptions gloo;
     gloo.connect_timeout = absl::Seconds(30);
     for (int r = 0; r < world; ++r)
-      threads.emplace_back([&, r] { comms[r] = comm::GlooCommunicator::Create(*store, r, world, gloo); });
+      threads.emplace_back(
+          [&, r] { comms[r] = comm::GlooCommunicator::Create(*store, r, world, gloo); });
     for (auto& t : threads) t.join();
   }
   auto out = std::make_unique<Cores>();
@@ -331,11 +330,12 @@ absl::Status TwinStep(LocalCluster& twin, int step) {
   in.step = step;
   in.lr = StepLr(step);
   return twin
-      .Step([step](int rank, int t, std::span<float> g) {
-              for (size_t i = 0; i < g.size(); ++i)
-                g[i] = static_cast<float>(Grad(rank, step, t, static_cast<int64_t>(i)));
-            },
-            in)
+      .Step(
+          [step](int rank, int t, std::span<float> g) {
+            for (size_t i = 0; i < g.size(); ++i)
+              g[i] = static_cast<float>(Grad(rank, step, t, static_cast<int64_t>(i)));
+          },
+          in)
       .status();
 }
 
@@ -598,9 +598,8 @@ std::vector<BadManifest> BadManifests() {
     for (int i = 0; i <= service::kMaxTensors; ++i)
       m.tensors.push_back({absl::StrCat("t", i), {1}, DType::kFloat32, 0});
   });
-  with("too many groups", "too many parameter groups", [](Manifest& m) {
-    m.groups.assign(service::kMaxParamGroups + 1, m.groups[0]);
-  });
+  with("too many groups", "too many parameter groups",
+       [](Manifest& m) { m.groups.assign(service::kMaxParamGroups + 1, m.groups[0]); });
   with("empty name", "tensor 2 has an empty name", [](Manifest& m) { m.tensors[2].name = ""; });
   with("duplicate name", "tensor 3 'embed': duplicate name",
        [](Manifest& m) { m.tensors[3].name = "embed"; });
@@ -608,16 +607,24 @@ std::vector<BadManifest> BadManifests() {
        [](Manifest& m) { m.tensors[1].name = std::string(kMaxNameLength + 1, 'n'); });
   with("more than kMaxDims dims", "tensor 2 'conv': 9 dims; the limit is 8",
        [](Manifest& m) { m.tensors[2].shape.assign(kMaxDims + 1, 1); });
-  with("dim 0", "tensor 5 'wide': dims must be >= 1, got 0",
-       [](Manifest& m) { m.tensors[5].shape = {5, 0}; });
-  with("negative dim", "tensor 0 'embed': dims must be >= 1, got -16",
-       [](Manifest& m) { m.tensors[0].shape = {150, -16}; });
+  with("dim 0", "tensor 5 'wide': dims must be >= 1, got 0", [](Manifest& m) {
+    m.tensors[5].shape = {5, 0};
+  });
+  with("negative dim", "tensor 0 'embed': dims must be >= 1, got -16", [](Manifest& m) {
+    m.tensors[0].shape = {150, -16};
+  });
   with("element count overflows int64", "tensor 0 'embed': element count overflows",
-       [](Manifest& m) { m.tensors[0].shape = {int64_t{1} << 40, int64_t{1} << 40}; });
+       [](Manifest& m) {
+         m.tensors[0].shape = {int64_t{1} << 40, int64_t{1} << 40};
+       });
   with("element count overflows int64 (one huge dim)", "tensor 0 'embed': element count overflows",
-       [](Manifest& m) { m.tensors[0].shape = {std::numeric_limits<int64_t>::max(), 2}; });
+       [](Manifest& m) {
+         m.tensors[0].shape = {std::numeric_limits<int64_t>::max(), 2};
+       });
   with("element count over 2^40", "tensor 5 'wide': element count overflows the limit of 2^40",
-       [](Manifest& m) { m.tensors[5].shape = {int64_t{1} << 21, int64_t{1} << 20}; });
+       [](Manifest& m) {
+         m.tensors[5].shape = {int64_t{1} << 21, int64_t{1} << 20};
+       });
   with("total elements over 2^40", "more than 2^40 elements in all", [](Manifest& m) {
     m.tensors[0].shape = {(int64_t{1} << 39) + 1};
     m.tensors[1].shape = {(int64_t{1} << 39) + 1};
@@ -628,8 +635,10 @@ std::vector<BadManifest> BadManifests() {
        [](Manifest& m) { m.tensors[6].group = 2; });
   with("negative group", "tensor 7 'block': group -1 does not exist",
        [](Manifest& m) { m.tensors[7].group = -1; });
-  with("beta1 1.0", "group 0: betas must be in [0, 1)", [](Manifest& m) { m.groups[0].beta1 = 1.0; });
-  with("beta3 1.0", "group 1: betas must be in [0, 1)", [](Manifest& m) { m.groups[1].beta3 = 1.0; });
+  with("beta1 1.0", "group 0: betas must be in [0, 1)",
+       [](Manifest& m) { m.groups[0].beta1 = 1.0; });
+  with("beta3 1.0", "group 1: betas must be in [0, 1)",
+       [](Manifest& m) { m.groups[1].beta3 = 1.0; });
   with("negative beta2", "group 1: betas must be in [0, 1)",
        [](Manifest& m) { m.groups[1].beta2 = -0.1; });
   with("negative lr", "group 1: lr must be >= 0", [](Manifest& m) { m.groups[1].lr = -0.01; });
@@ -718,20 +727,21 @@ TEST(RankCoreTest, ManifestsThatDifferAcrossRanksAreFailedPreconditionNamingTheR
   ExpectDisagreement("order", [](Manifest& m) { std::swap(m.tensors[0], m.tensors[1]); });
   ExpectDisagreement("beta2", [](Manifest& m) { m.groups[1].beta2 = 0.99; });
   ExpectDisagreement("clip", [](Manifest& m) { m.groups[0].clip_threshold = 2.0; });
-  ExpectDisagreement("one more tensor",
-                     [](Manifest& m) { m.tensors.push_back({"extra", {2}, DType::kFloat32, 0}); });
+  ExpectDisagreement("one more tensor", [](Manifest& m) {
+    m.tensors.push_back({"extra", {2}, DType::kFloat32, 0});
+  });
 }
 
-// BUG (runtime/rankd/rank_core.cc, ManifestDigestOf, lines 110-112): the digest leaves out each group's
-// weight_decay (and lr), so ranks whose manifests differ only in a group's weight decay
+// BUG (runtime/rankd/rank_core.cc, ManifestDigestOf, lines 110-112): the digest leaves out each
+// group's weight_decay (and lr), so ranks whose manifests differ only in a group's weight decay
 // agree, and each rank then decays its own chunk with its own value (StepCall.weight_decay
 // is empty unless the trainer overrides it per step).
 TEST(RankCoreTest, BugManifestsDifferingOnlyInWeightDecayAreDetected) {
   ExpectDisagreement("weight_decay", [](Manifest& m) { m.groups[0].weight_decay = 0.1; });
 }
 
-// BUG (runtime/rankd/rank_core.cc, ManifestDigestOf, lines 110-112): hyperparameters enter the digest
-// through absl::StrAppend(double), which keeps 6 significant digits, so beta2 0.999 and
+// BUG (runtime/rankd/rank_core.cc, ManifestDigestOf, lines 110-112): hyperparameters enter the
+// digest through absl::StrAppend(double), which keeps 6 significant digits, so beta2 0.999 and
 // 0.9990001 (or eps1 1e-30 and 1.0000001e-30) give the same digest.
 TEST(RankCoreTest, BugHyperparametersDifferingAfterSixDigitsAreDetected) {
   ExpectDisagreement("beta2 in the 7th digit", [](Manifest& m) { m.groups[0].beta2 = 0.9990001; });
@@ -784,7 +794,8 @@ void ExpectWaitingCallAnswersWithTheAbortReason(
   ASSERT_NE(cores, nullptr);
   std::vector<Trainer> tr;
   if (setup == 1) {
-    for (Layout& l : AttachAll(*cores, TestManifest())) tr.push_back(Trainer{std::move(l), nullptr, nullptr});
+    for (Layout& l : AttachAll(*cores, TestManifest()))
+      tr.push_back(Trainer{std::move(l), nullptr, nullptr});
   } else if (setup == 2) {
     tr = StartAll(*cores);
   }
@@ -820,15 +831,16 @@ TEST(RankCoreTest, BugASyncParametersInFlightDuringAbortAnswersWithTheAbortReaso
       });
 }
 
-// BUG (runtime/rankd/rank_core.cc, RankCore::Attach's task, line 219, and RankCore::Abort): Abort does
-// not reach an Attach that waits in the manifest agreement (the Agreement callable has no
-// way to be cancelled), so the call, and ~RankCore's join, wait for agreement_timeout
-// (5 minutes in came-rankd) instead of answering with the reason at once: a rankd whose
-// coordinator died while a trainer attached does not exit promptly.
+// BUG (runtime/rankd/rank_core.cc, RankCore::Attach's task, line 219, and RankCore::Abort): Abort
+// does not reach an Attach that waits in the manifest agreement (the Agreement callable has no way
+// to be cancelled), so the call, and ~RankCore's join, wait for agreement_timeout (5 minutes in
+// came-rankd) instead of answering with the reason at once: a rankd whose coordinator died while a
+// trainer attached does not exit promptly.
 TEST(RankCoreTest, BugAbortWhileAttachWaitsForTheAgreementAnswersPromptly) {
   ExpectWaitingCallAnswersWithTheAbortReason<absl::StatusOr<Layout>>(
-      0, /*agreement_timeout=*/absl::Seconds(6),
-      [](RankCore& core, const std::vector<Trainer>&) { return AttachAsync(core, TestManifest()); });
+      0, /*agreement_timeout=*/absl::Seconds(6), [](RankCore& core, const std::vector<Trainer>&) {
+        return AttachAsync(core, TestManifest());
+      });
 }
 
 // ---- Shared-buffer lifetime --------------------------------------------------------------------
@@ -874,7 +886,8 @@ TEST(RankCoreTest, CreateRejectsBadOptions) {
   };
   RankCoreOptions o;
   o.shm_prefix = UniquePrefix();
-  EXPECT_EQ(RankCore::Create(o, nullptr, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RankCore::Create(o, nullptr, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
   RankCoreOptions wrong_rank = o;
   wrong_rank.world_size = 2;
   EXPECT_EQ(RankCore::Create(wrong_rank, make(), nullptr).status().code(),

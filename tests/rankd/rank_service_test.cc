@@ -39,13 +39,13 @@
 namespace came::rankd {
 namespace {
 
-using ::testing::HasSubstr;
+using ::came::rankd_test::ShmExists;
+using ::came::rankd_test::StepLr;
 using testing::Grad;
+using ::testing::HasSubstr;
 using testing::InitialParams;
 using testing::TestGroups;
 using testing::TestModel;
-using ::came::rankd_test::ShmExists;
-using ::came::rankd_test::StepLr;
 
 const std::string kToken = "rankd-test-token";
 constexpr int64_t kAlignment = 16;  // came-rankd's default
@@ -136,9 +136,8 @@ class RankServiceTest : public ::testing::Test {
     o.alignment = kAlignment;
     o.shm_prefix = shm_prefix_;
     o.collective_timeout = absl::Seconds(30);
-    auto core = RankCore::Create(
-        o, *std::move(comm),
-        [this](const std::string&, int64_t, absl::Duration) {
+    auto core =
+        RankCore::Create(o, *std::move(comm), [this](const std::string&, int64_t, absl::Duration) {
           agreements_.fetch_add(1);
           return absl::OkStatus();  // W = 1: rank 0 always agrees with itself
         });
@@ -175,11 +174,20 @@ class RankServiceTest : public ::testing::Test {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     switch (auth) {
-      case Auth::kGood: service::AddBearerToken(*ctx, kToken); break;
-      case Auth::kMissing: break;
-      case Auth::kWrong: service::AddBearerToken(*ctx, kToken + "x"); break;
-      case Auth::kNotBearer: ctx->AddMetadata("authorization", "Basic " + kToken); break;
-      case Auth::kEmptyBearer: ctx->AddMetadata("authorization", "Bearer "); break;
+      case Auth::kGood:
+        service::AddBearerToken(*ctx, kToken);
+        break;
+      case Auth::kMissing:
+        break;
+      case Auth::kWrong:
+        service::AddBearerToken(*ctx, kToken + "x");
+        break;
+      case Auth::kNotBearer:
+        ctx->AddMetadata("authorization", "Basic " + kToken);
+        break;
+      case Auth::kEmptyBearer:
+        ctx->AddMetadata("authorization", "Bearer ");
+        break;
     }
     return ctx;
   }
@@ -266,8 +274,8 @@ class RankServiceTest : public ::testing::Test {
         grpc::Status st = GoodStep(step);
         if (!st.ok()) {
           absl::MutexLock lock(&good_mu_);
-          good_failures_.push_back(absl::StrCat("step ", step, ": ", st.error_code(), " ",
-                                                st.error_message()));
+          good_failures_.push_back(
+              absl::StrCat("step ", step, ": ", st.error_code(), " ", st.error_message()));
           break;
         }
         ++good_steps_;
@@ -284,7 +292,8 @@ class RankServiceTest : public ::testing::Test {
     v1::StepResponse resp;
     grpc::Status s = Step(StepRequestOf(good_id_, step), &resp);
     if (s.ok() && (resp.step() != step || resp.skipped() || !(resp.grad_norm() > 0)))
-      return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("bad response ", resp.DebugString()));
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          absl::StrCat("bad response ", resp.DebugString()));
     return s;
   }
 
@@ -382,7 +391,9 @@ TEST_F(RankServiceTest, BadInputsGetTheRightCodeAndMessageWhileAGoodClientKeepsS
       {"empty name", [](auto& r) { r.mutable_tensors(7)->set_name(""); },
        StatusCode::INVALID_ARGUMENT, "tensor 7 has an empty name"},
       {"name too long",
-       [](auto& r) { r.mutable_tensors(7)->set_name(std::string(service::kMaxNameLength + 1, 'x')); },
+       [](auto& r) {
+         r.mutable_tensors(7)->set_name(std::string(service::kMaxNameLength + 1, 'x'));
+       },
        StatusCode::INVALID_ARGUMENT, "name longer than 512 bytes"},
       {"10 dims",
        [](auto& r) {
@@ -395,11 +406,9 @@ TEST_F(RankServiceTest, BadInputsGetTheRightCodeAndMessageWhileAGoodClientKeepsS
        "at least one parameter group"},
       {"no tensors", [](auto& r) { r.clear_tensors(); }, StatusCode::INVALID_ARGUMENT,
        "no tensors"},
-      {"beta1 1.0",
-       [](auto& r) { r.mutable_groups(1)->mutable_hyperparameters()->set_beta1(1.0); },
+      {"beta1 1.0", [](auto& r) { r.mutable_groups(1)->mutable_hyperparameters()->set_beta1(1.0); },
        StatusCode::INVALID_ARGUMENT, "group 1: betas must be in [0, 1)"},
-      {"negative lr",
-       [](auto& r) { r.mutable_groups(0)->mutable_hyperparameters()->set_lr(-1); },
+      {"negative lr", [](auto& r) { r.mutable_groups(0)->mutable_hyperparameters()->set_lr(-1); },
        StatusCode::INVALID_ARGUMENT, "group 0: lr must be >= 0"},
       {"NaN eps1",
        [](auto& r) { r.mutable_groups(0)->mutable_hyperparameters()->set_eps1(std::nan("")); },
