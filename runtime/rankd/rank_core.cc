@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <set>
 
@@ -19,6 +20,8 @@ comm::ElemType ElemTypeOf(DType t) {
   }
   return comm::ElemType::kFloat32;
 }
+
+constexpr absl::Duration kAgreementSlice = absl::Seconds(1);
 
 absl::Status Invalid(const std::string& s) { return absl::InvalidArgumentError(s); }
 
@@ -107,9 +110,17 @@ std::string ManifestDigestOf(const Manifest& m) {
     for (int64_t d : t.shape) absl::StrAppend(&text, d, ",");
     text += ";";
   }
-  for (const CameHyper& h : m.groups)
-    absl::StrAppend(&text, "g", h.eps1, ",", h.eps2, ",", h.clip_threshold, ",", h.beta1, ",",
-                    h.beta2, ",", h.beta3, ";");
+  // Every hyperparameter, bit for bit (a decimal rendering would hide small differences).
+  for (const CameHyper& h : m.groups) {
+    text += "g";
+    for (double v : {h.lr, h.eps1, h.eps2, h.clip_threshold, h.beta1, h.beta2, h.beta3,
+                     h.weight_decay}) {
+      uint64_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      absl::StrAppend(&text, absl::Hex(bits), ",");
+    }
+    text += ";";
+  }
   return Fingerprint(text);
 }
 
@@ -216,8 +227,17 @@ void RankCore::Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done) {
           "a trainer is already attached to this rank; Detach it first"));
     const std::string digest = ManifestDigestOf(manifest);
     if (agreement_) {
-      absl::Status s = agreement_(digest, static_cast<int64_t>(manifest.tensors.size()),
-                                  options_.agreement_timeout);
+      // Waits in slices of at most kAgreementSlice so that an Abort ends the wait promptly
+      // (a timed-out submission may be repeated: the coordinator keeps the rank's digest).
+      const absl::Time deadline = absl::Now() + options_.agreement_timeout;
+      absl::Status s;
+      while (true) {
+        if (absl::Status a = RankCore::aborted(); !a.ok()) return done(a);
+        const absl::Duration left = deadline - absl::Now();
+        s = agreement_(digest, static_cast<int64_t>(manifest.tensors.size()),
+                       std::min(left, kAgreementSlice));
+        if (s.code() != absl::StatusCode::kDeadlineExceeded || left <= kAgreementSlice) break;
+      }
       if (!s.ok()) return done(s);
     }
     auto a = std::make_unique<Attachment>();
@@ -257,7 +277,7 @@ void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> d
                                       ElemTypeOf(a.plan.dtype), 0, options_.collective_timeout);
     if (!s.ok()) {
       Abort(s);
-      return done(s);
+      return done(RankCore::aborted());  // the first reason: another rank's death rather than our abort
     }
     EngineOptions eo;
     eo.groups = a.manifest.groups;
@@ -299,8 +319,9 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
     in.max_grad_norm = call.max_grad_norm;
     auto stats = a.engine->Step(in);
     if (!stats.ok()) {
-      if (stats.status().code() != absl::StatusCode::kInvalidArgument) Abort(stats.status());
-      return done(stats.status());
+      if (stats.status().code() == absl::StatusCode::kInvalidArgument) return done(stats.status());
+      Abort(stats.status());
+      return done(RankCore::aborted());  // the first reason: another rank's death rather than our abort
     }
     a.last_step = call.step;
     StepOutcome out{*std::move(stats), a.engine->state_bytes()};
