@@ -15,6 +15,8 @@
 // Buffers are allocated once per model and reused by every benchmark of that model. Results
 // and the command that produced them: docs/PERF.md.
 #include <benchmark/benchmark.h>
+
+#include "bench/gpt2_model.h"
 #include <sys/mman.h>
 #include <time.h>
 
@@ -200,34 +202,10 @@ struct Interleaved {
 // ---------------------------------------------------------------------------------------------
 // Models
 
-struct TensorSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-};
+using TensorSpec = came::bench::ModelTensor;
 
-// GPT-2 shaped parameter list (HF layout: Conv1D weights are [in, out]).
 std::vector<TensorSpec> Gpt2Specs(int64_t vocab, int64_t ctx, int64_t d, int layers) {
-  std::vector<TensorSpec> v;
-  v.push_back({"wte", {vocab, d}});
-  v.push_back({"wpe", {ctx, d}});
-  for (int l = 0; l < layers; ++l) {
-    const std::string h = "h." + std::to_string(l) + ".";
-    v.push_back({h + "ln_1.weight", {d}});
-    v.push_back({h + "ln_1.bias", {d}});
-    v.push_back({h + "attn.c_attn.weight", {d, 3 * d}});
-    v.push_back({h + "attn.c_attn.bias", {3 * d}});
-    v.push_back({h + "attn.c_proj.weight", {d, d}});
-    v.push_back({h + "attn.c_proj.bias", {d}});
-    v.push_back({h + "ln_2.weight", {d}});
-    v.push_back({h + "ln_2.bias", {d}});
-    v.push_back({h + "mlp.c_fc.weight", {d, 4 * d}});
-    v.push_back({h + "mlp.c_fc.bias", {4 * d}});
-    v.push_back({h + "mlp.c_proj.weight", {4 * d, d}});
-    v.push_back({h + "mlp.c_proj.bias", {d}});
-  }
-  v.push_back({"ln_f.weight", {d}});
-  v.push_back({"ln_f.bias", {d}});
-  return v;
+  return came::bench::Gpt2Shapes(vocab, ctx, d, layers);
 }
 
 enum class ModelId { kGpt2Small, kToy2Layer };

@@ -39,6 +39,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "benchmark/benchmark.h"
+#include "bench/gpt2_model.h"
 #include "kernels/dtype.h"
 #include "runtime/comm/file_store.h"
 #include "runtime/comm/gloo_communicator.h"
@@ -112,33 +113,12 @@ std::string ParseFlags(int* argc, char** argv, Flags* f) {
   return "";
 }
 
-// GPT-2's parameters in the order of its state_dict (tied lm_head not repeated).
-// gpt2_small: vocab 50257, context 1024, width 768, 12 blocks: 124,439,808 parameters.
+// GPT-2's parameters (bench/gpt2_model.h) as one group of `dtype` tensors.
 std::vector<TensorSpec> Gpt2Tensors(int64_t vocab, int64_t context, int64_t d, int blocks,
                                     DType dtype) {
   std::vector<TensorSpec> t;
-  auto add = [&](std::string name, std::vector<int64_t> shape) {
-    t.push_back(TensorSpec{std::move(name), std::move(shape), dtype, 0});
-  };
-  add("wte.weight", {vocab, d});
-  add("wpe.weight", {context, d});
-  for (int b = 0; b < blocks; ++b) {
-    const std::string h = absl::StrCat("h.", b, ".");
-    add(h + "ln_1.weight", {d});
-    add(h + "ln_1.bias", {d});
-    add(h + "attn.c_attn.weight", {d, 3 * d});
-    add(h + "attn.c_attn.bias", {3 * d});
-    add(h + "attn.c_proj.weight", {d, d});
-    add(h + "attn.c_proj.bias", {d});
-    add(h + "ln_2.weight", {d});
-    add(h + "ln_2.bias", {d});
-    add(h + "mlp.c_fc.weight", {d, 4 * d});
-    add(h + "mlp.c_fc.bias", {4 * d});
-    add(h + "mlp.c_proj.weight", {4 * d, d});
-    add(h + "mlp.c_proj.bias", {d});
-  }
-  add("ln_f.weight", {d});
-  add("ln_f.bias", {d});
+  for (auto& m : came::bench::Gpt2Shapes(vocab, context, d, blocks))
+    t.push_back(TensorSpec{std::move(m.name), std::move(m.shape), dtype, 0});
   return t;
 }
 
