@@ -28,6 +28,12 @@ std::vector<double> ColMeans(const std::vector<double>& x, const TensorGeometry&
   return out;
 }
 
+// Updates a factored statistic (row and column EMAs) with the row and column means of x,
+// then returns its rsqrt(row / mean(row))[i] * rsqrt(col)[j] for every element.
+std::vector<double> UpdateFactored(const std::vector<double>& x, const TensorGeometry& g,
+                                   double beta, double one_minus_beta, std::vector<double>& row,
+                                   std::vector<double>& col);
+
 // Returns rsqrt(row / mean(row over n))[i] * rsqrt(col)[j] for every element: the
 // approximation of 1/sqrt(E[x]) from a factored statistic.
 std::vector<double> FactoredRsqrt(const std::vector<double>& row, const std::vector<double>& col,
@@ -44,6 +50,16 @@ std::vector<double> FactoredRsqrt(const std::vector<double>& row, const std::vec
     }
   }
   return out;
+}
+
+std::vector<double> UpdateFactored(const std::vector<double>& x, const TensorGeometry& g,
+                                   double beta, double one_minus_beta, std::vector<double>& row,
+                                   std::vector<double>& col) {
+  const std::vector<double> row_mean = RowMeans(x, g.rows(), g.m);
+  const std::vector<double> col_mean = ColMeans(x, g);
+  for (int64_t i = 0; i < g.rows(); ++i) row[i] = Ema(row[i], row_mean[i], beta, one_minus_beta);
+  for (int64_t j = 0; j < g.cols(); ++j) col[j] = Ema(col[j], col_mean[j], beta, one_minus_beta);
+  return FactoredRsqrt(row, col, g);
 }
 
 }  // namespace
@@ -75,13 +91,8 @@ ReferenceStepInfo ReferenceStep(const TensorGeometry& g, const CameHyper& hyper,
 
   // Second moment and the preconditioned update u.
   if (g.factored) {
-    const std::vector<double> row_mean = RowMeans(sq, g.rows(), g.m);
-    const std::vector<double> col_mean = ColMeans(sq, g);
-    for (int64_t i = 0; i < g.rows(); ++i)
-      st.exp_avg_sq_row[i] = Ema(st.exp_avg_sq_row[i], row_mean[i], s.beta2, s.one_minus_beta2);
-    for (int64_t j = 0; j < g.cols(); ++j)
-      st.exp_avg_sq_col[j] = Ema(st.exp_avg_sq_col[j], col_mean[j], s.beta2, s.one_minus_beta2);
-    const std::vector<double> pre = FactoredRsqrt(st.exp_avg_sq_row, st.exp_avg_sq_col, g);
+    const std::vector<double> pre = UpdateFactored(sq, g, s.beta2, s.one_minus_beta2,
+                                                   st.exp_avg_sq_row, st.exp_avg_sq_col);
     for (int64_t k = 0; k < numel; ++k) u[k] = gs[k] * pre[k];
   } else {
     for (int64_t k = 0; k < numel; ++k) {
@@ -104,13 +115,8 @@ ReferenceStepInfo ReferenceStep(const TensorGeometry& g, const CameHyper& hyper,
   if (g.factored) {
     std::vector<double> res(numel);
     for (int64_t k = 0; k < numel; ++k) res[k] = Residual(u[k], st.exp_avg[k], s.eps2);
-    const std::vector<double> row_mean = RowMeans(res, g.rows(), g.m);
-    const std::vector<double> col_mean = ColMeans(res, g);
-    for (int64_t i = 0; i < g.rows(); ++i)
-      st.exp_avg_res_row[i] = Ema(st.exp_avg_res_row[i], row_mean[i], s.beta3, s.one_minus_beta3);
-    for (int64_t j = 0; j < g.cols(); ++j)
-      st.exp_avg_res_col[j] = Ema(st.exp_avg_res_col[j], col_mean[j], s.beta3, s.one_minus_beta3);
-    const std::vector<double> conf = FactoredRsqrt(st.exp_avg_res_row, st.exp_avg_res_col, g);
+    const std::vector<double> conf = UpdateFactored(res, g, s.beta3, s.one_minus_beta3,
+                                                    st.exp_avg_res_row, st.exp_avg_res_col);
     for (int64_t k = 0; k < numel; ++k) upd[k] = conf[k] * st.exp_avg[k];
   } else {
     upd = st.exp_avg;  // a copy: the momentum itself is never touched by the update

@@ -10,6 +10,27 @@
 namespace came {
 namespace {
 
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+absl::Status ValidateHyper(const CameHyper& h, size_t g) {
+  const std::string where = absl::StrCat("parameter group ", g, ": ");
+  const double values[] = {h.lr, h.eps1, h.eps2, h.clip_threshold,
+                           h.beta1, h.beta2, h.beta3, h.weight_decay};
+  for (double v : values)
+    if (!std::isfinite(v)) return absl::InvalidArgumentError(where + "hyperparameters must be finite");
+  if (h.lr < 0) return absl::InvalidArgumentError(where + "lr must be >= 0");
+  if (h.eps1 < 0 || h.eps2 < 0) return absl::InvalidArgumentError(where + "eps must be >= 0");
+  if (h.clip_threshold <= 0) return absl::InvalidArgumentError(where + "clip_threshold must be > 0");
+  for (double b : {h.beta1, h.beta2, h.beta3})
+    if (b < 0 || b >= 1) return absl::InvalidArgumentError(where + "betas must be in [0, 1)");
+  if (h.weight_decay < 0) return absl::InvalidArgumentError(where + "weight_decay must be >= 0");
+  return absl::OkStatus();
+}
+
 comm::ElemType ElemTypeOf(DType t) {
   switch (t) {
     case DType::kFloat32: return comm::ElemType::kFloat32;
@@ -18,24 +39,6 @@ comm::ElemType ElemTypeOf(DType t) {
   }
   return comm::ElemType::kFloat32;
 }
-
-double SecondsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-absl::Status CheckHyper(const CameHyper& h, size_t g) {
-  const std::string where = absl::StrCat("parameter group ", g, ": ");
-  if (!(h.lr >= 0) || !std::isfinite(h.lr)) return absl::InvalidArgumentError(where + "lr must be >= 0");
-  if (!(h.clip_threshold > 0)) return absl::InvalidArgumentError(where + "clip_threshold must be > 0");
-  if (!(h.eps1 >= 0) || !(h.eps2 >= 0)) return absl::InvalidArgumentError(where + "eps must be >= 0");
-  for (double b : {h.beta1, h.beta2, h.beta3})
-    if (!(b >= 0 && b < 1)) return absl::InvalidArgumentError(where + "betas must be in [0, 1)");
-  if (!(h.weight_decay >= 0) || !std::isfinite(h.weight_decay))
-    return absl::InvalidArgumentError(where + "weight_decay must be >= 0");
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 struct ShardedCame::Piece {
   ShardPiece piece;
@@ -71,7 +74,7 @@ absl::StatusOr<std::unique_ptr<ShardedCame>> ShardedCame::Create(const ShardPlan
   if (options.groups.empty())
     return absl::InvalidArgumentError("at least one parameter group is required");
   for (size_t g = 0; g < options.groups.size(); ++g)
-    if (absl::Status s = CheckHyper(options.groups[g], g); !s.ok()) return s;
+    if (absl::Status s = ValidateHyper(options.groups[g], g); !s.ok()) return s;
   for (const auto& t : plan.tensors)
     if (t.spec.group >= static_cast<int>(options.groups.size()))
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.spec.name, "' uses group ",

@@ -45,6 +45,13 @@
 
 namespace came {
 
+// Returns InvalidArgument naming group `g` unless its hyperparameters are usable: finite,
+// lr >= 0, eps >= 0, clip_threshold > 0, betas in [0, 1), weight_decay >= 0.
+absl::Status ValidateHyper(const CameHyper& h, size_t g);
+
+// Returns the communicator element type of a parameter dtype.
+comm::ElemType ElemTypeOf(DType t);
+
 struct EngineOptions {
   std::vector<CameHyper> groups;   // hyperparameters per parameter group (index = group)
   double max_grad_norm = 0.0;      // > 0: clip the global gradient norm (clip_grad_norm_)

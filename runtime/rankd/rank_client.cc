@@ -5,21 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
+#include "runtime/rankd/rank_proto.h"
 #include "runtime/service/auth.h"
 #include "runtime/service/grpc_status.h"
 #include "runtime/service/limits.h"
 
 namespace came::rankd {
 namespace {
-
-v1::DType ToProto(DType t) {
-  switch (t) {
-    case DType::kFloat32: return v1::DTYPE_FLOAT32;
-    case DType::kBFloat16: return v1::DTYPE_BFLOAT16;
-    case DType::kFloat16: return v1::DTYPE_FLOAT16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
 
 }  // namespace
 
@@ -61,25 +53,7 @@ std::unique_ptr<grpc::ClientContext> RankClient::Context() const {
 
 absl::Status RankClient::Attach(const Manifest& manifest) {
   if (!attachment_id_.empty()) return absl::FailedPreconditionError("already attached");
-  v1::AttachRequest req;
-  for (const TensorSpec& t : manifest.tensors) {
-    v1::TensorSpec* s = req.add_tensors();
-    s->set_name(t.name);
-    for (int64_t d : t.shape) s->add_shape(d);
-    s->set_dtype(ToProto(t.dtype));
-    s->set_group(t.group);
-  }
-  for (const CameHyper& h : manifest.groups) {
-    v1::CameHyperparameters* p = req.add_groups()->mutable_hyperparameters();
-    p->set_lr(h.lr);
-    p->set_eps1(h.eps1);
-    p->set_eps2(h.eps2);
-    p->set_clip_threshold(h.clip_threshold);
-    p->set_beta1(h.beta1);
-    p->set_beta2(h.beta2);
-    p->set_beta3(h.beta3);
-    p->set_weight_decay(h.weight_decay);
-  }
+  v1::AttachRequest req = ManifestToProto(manifest);
   v1::AttachResponse resp;
   auto ctx = Context();
   if (grpc::Status s = stub_->Attach(ctx.get(), req, &resp); !s.ok())

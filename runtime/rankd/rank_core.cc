@@ -12,33 +12,9 @@
 namespace came::rankd {
 namespace {
 
-comm::ElemType ElemTypeOf(DType t) {
-  switch (t) {
-    case DType::kFloat32: return comm::ElemType::kFloat32;
-    case DType::kBFloat16: return comm::ElemType::kBFloat16;
-    case DType::kFloat16: return comm::ElemType::kFloat16;
-  }
-  return comm::ElemType::kFloat32;
-}
-
 constexpr absl::Duration kAgreementSlice = absl::Seconds(1);
 
 absl::Status Invalid(const std::string& s) { return absl::InvalidArgumentError(s); }
-
-absl::Status CheckHyper(const CameHyper& h, size_t g) {
-  const std::string where = absl::StrCat("group ", g, ": ");
-  const double values[] = {h.lr, h.eps1, h.eps2, h.clip_threshold,
-                           h.beta1, h.beta2, h.beta3, h.weight_decay};
-  for (double v : values)
-    if (!std::isfinite(v)) return Invalid(where + "hyperparameters must be finite");
-  if (h.lr < 0) return Invalid(where + "lr must be >= 0");
-  if (h.eps1 < 0 || h.eps2 < 0) return Invalid(where + "eps must be >= 0");
-  if (h.clip_threshold <= 0) return Invalid(where + "clip_threshold must be > 0");
-  for (double b : {h.beta1, h.beta2, h.beta3})
-    if (b < 0 || b >= 1) return Invalid(where + "betas must be in [0, 1)");
-  if (h.weight_decay < 0) return Invalid(where + "weight_decay must be >= 0");
-  return absl::OkStatus();
-}
 
 // FNV-1a over a canonical text of the manifest, twice with different seeds: a 128-bit
 // fingerprint (agreement between ranks, not a security measure).
@@ -71,7 +47,7 @@ absl::Status ValidateManifest(const Manifest& m) {
   if (static_cast<int64_t>(m.groups.size()) > kMaxParamGroups)
     return Invalid(absl::StrCat("too many parameter groups (limit ", kMaxParamGroups, ")"));
   for (size_t g = 0; g < m.groups.size(); ++g)
-    if (absl::Status s = CheckHyper(m.groups[g], g); !s.ok()) return s;
+    if (absl::Status s = ValidateHyper(m.groups[g], g); !s.ok()) return s;
   std::set<std::string> names;
   int64_t total = 0;
   for (size_t i = 0; i < m.tensors.size(); ++i) {

@@ -1,32 +1,12 @@
 #include "runtime/rankd/rank_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/rankd/rank_proto.h"
 #include "runtime/service/auth.h"
 #include "runtime/service/grpc_status.h"
 
 namespace came::rankd {
 namespace {
-
-absl::StatusOr<DType> DTypeFromProto(v1::DType t, const std::string& who) {
-  switch (t) {
-    case v1::DTYPE_FLOAT32: return DType::kFloat32;
-    case v1::DTYPE_BFLOAT16: return DType::kBFloat16;
-    case v1::DTYPE_FLOAT16: return DType::kFloat16;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, ": unknown dtype ", static_cast<int>(t),
-                       " (expected DTYPE_FLOAT32, DTYPE_BFLOAT16 or DTYPE_FLOAT16)"));
-  }
-}
-
-v1::DType DTypeToProto(DType t) {
-  switch (t) {
-    case DType::kFloat32: return v1::DTYPE_FLOAT32;
-    case DType::kBFloat16: return v1::DTYPE_BFLOAT16;
-    case DType::kFloat16: return v1::DTYPE_FLOAT16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
 
 void StateBytesToProto(const StateBytes& b, v1::OptimizerStateBytes* out) {
   out->set_master(b.master);
@@ -50,36 +30,6 @@ grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, const std::st
 }
 
 }  // namespace
-
-absl::StatusOr<Manifest> ManifestFromProto(const v1::AttachRequest& req, const CameHyper& defaults) {
-  Manifest m;
-  m.tensors.reserve(req.tensors_size());
-  for (int i = 0; i < req.tensors_size(); ++i) {
-    const v1::TensorSpec& t = req.tensors(i);
-    TensorSpec spec;
-    spec.name = t.name();
-    spec.shape.assign(t.shape().begin(), t.shape().end());
-    auto dtype = DTypeFromProto(t.dtype(), absl::StrCat("tensor ", i, " '", t.name().substr(0, 64), "'"));
-    if (!dtype.ok()) return dtype.status();
-    spec.dtype = *dtype;
-    spec.group = t.group();
-    m.tensors.push_back(std::move(spec));
-  }
-  for (const v1::ParamGroup& g : req.groups()) {
-    const v1::CameHyperparameters& h = g.hyperparameters();
-    CameHyper c = defaults;
-    if (h.has_lr()) c.lr = h.lr();
-    if (h.has_eps1()) c.eps1 = h.eps1();
-    if (h.has_eps2()) c.eps2 = h.eps2();
-    if (h.has_clip_threshold()) c.clip_threshold = h.clip_threshold();
-    if (h.has_beta1()) c.beta1 = h.beta1();
-    if (h.has_beta2()) c.beta2 = h.beta2();
-    if (h.has_beta3()) c.beta3 = h.beta3();
-    if (h.has_weight_decay()) c.weight_decay = h.weight_decay();
-    m.groups.push_back(c);
-  }
-  return m;
-}
 
 grpc::ServerUnaryReactor* RankService::Attach(grpc::CallbackServerContext* ctx,
                                               const v1::AttachRequest* req,

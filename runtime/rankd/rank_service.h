@@ -37,8 +37,4 @@ class RankService final : public v1::Rank::CallbackService {
   std::string token_;
 };
 
-// Converts a proto manifest; InvalidArgument for unknown dtypes and bad hyperparameters.
-// Unset hyperparameters take `defaults` (the job's configuration).
-absl::StatusOr<Manifest> ManifestFromProto(const v1::AttachRequest& req, const CameHyper& defaults);
-
 }  // namespace came::rankd

@@ -2,6 +2,7 @@
 // sets it) with a W = 1 RankCore, called through raw came.v1.Rank stubs (to send what
 // RankClient would refuse to) and through RankClient. Bad tokens and bad inputs get the
 // right status code and a message naming the problem while a good client keeps stepping.
+#include "runtime/rankd/rank_proto.h"
 #include "runtime/rankd/rank_service.h"
 
 #include <unistd.h>
@@ -62,15 +63,7 @@ v1::AttachRequest RequestOf(const std::vector<TensorSpec>& tensors,
     s->set_group(t.group);
   }
   for (const CameHyper& h : groups) {
-    v1::CameHyperparameters* p = req.add_groups()->mutable_hyperparameters();
-    p->set_lr(h.lr);
-    p->set_eps1(h.eps1);
-    p->set_eps2(h.eps2);
-    p->set_clip_threshold(h.clip_threshold);
-    p->set_beta1(h.beta1);
-    p->set_beta2(h.beta2);
-    p->set_beta3(h.beta3);
-    p->set_weight_decay(h.weight_decay);
+    HyperToProto(h, req.add_groups()->mutable_hyperparameters());
   }
   req.set_initial_params_in_buffer(true);
   return req;

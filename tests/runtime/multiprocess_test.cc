@@ -148,6 +148,27 @@ void ExpectMatches(const std::vector<json>& outs, const testing::ReferenceRun& r
   }
 }
 
+// Trains TestModel for kSteps steps on one rank in this process, with gradient grad(step, t, i).
+std::unique_ptr<LocalCluster> RunSingleRank(DType dtype,
+                                            std::function<double(int, int, int64_t)> grad) {
+  const auto specs = testing::TestModel(dtype);
+  EngineOptions options;
+  options.groups = testing::TestGroups();
+  auto single = LocalCluster::Create(specs, 1, 1, testing::InitialParams(specs), options);
+  EXPECT_TRUE(single.ok()) << single.status();
+  if (!single.ok()) return nullptr;
+  for (int step = 1; step <= kSteps; ++step) {
+    auto stats = (*single)->Step(
+        [&](int, int t, std::span<float> g) {
+          for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(grad(step, t, i));
+        },
+        {step, testing::StepLr(step)});
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    if (!stats.ok()) return nullptr;
+  }
+  return *std::move(single);
+}
+
 class MultiProcessTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(MultiProcessTest, EqualsReferenceAndSingleRankEngine) {
@@ -157,17 +178,11 @@ TEST_P(MultiProcessTest, EqualsReferenceAndSingleRankEngine) {
   for (const json& o : outs) EXPECT_EQ(o["steps_taken"], kSteps);
 
   // The single-rank engine (in this process) on the mean gradient.
-  const auto specs = testing::TestModel();
-  EngineOptions options;
-  options.groups = testing::TestGroups();
-  auto single = LocalCluster::Create(specs, 1, 1, testing::InitialParams(specs), options);
-  ASSERT_TRUE(single.ok()) << single.status();
-  for (int step = 1; step <= kSteps; ++step)
-    ASSERT_TRUE((*single)->Step([&](int, int t, std::span<float> g) {
-                    for (size_t i = 0; i < g.size(); ++i)
-                      g[i] = static_cast<float>(testing::MeanGrad(world, step, t, i));
-                  }, {step, testing::StepLr(step)}).ok());
-  ExpectMatches(outs, testing::RunReferenceModel(world, kSteps), single->get());
+  auto single = RunSingleRank(DType::kFloat32, [world](int step, int t, int64_t i) {
+    return testing::MeanGrad(world, step, t, i);
+  });
+  ASSERT_NE(single, nullptr);
+  ExpectMatches(outs, testing::RunReferenceModel(world, kSteps), single.get());
 }
 
 INSTANTIATE_TEST_SUITE_P(Worlds, MultiProcessTest, ::testing::Values(1, 2, 3, 4, 5));
@@ -193,24 +208,19 @@ TEST(MultiProcess16BitTest, MastersEqualSingleRankFp32Master) {
     const auto outs = RunWorkers(world, {"--dtype", std::string(DTypeName(dtype)), "--same-grads"});
     if (::testing::Test::HasFailure()) return;
     const auto specs = testing::TestModel(dtype);
-    EngineOptions options;
-    options.groups = testing::TestGroups();
-    auto single = LocalCluster::Create(specs, 1, 1, testing::InitialParams(specs), options);
-    ASSERT_TRUE(single.ok()) << single.status();
-    for (int step = 1; step <= kSteps; ++step)
-      ASSERT_TRUE((*single)->Step([&](int, int t, std::span<float> g) {
-                      for (size_t i = 0; i < g.size(); ++i)
-                        g[i] = static_cast<float>(testing::Grad(0, step, t, i));
-                    }, {step, testing::StepLr(step)}).ok());
+    auto single = RunSingleRank(dtype, [](int step, int t, int64_t i) {
+      return testing::Grad(0, step, t, i);
+    });
+    ASSERT_NE(single, nullptr);
     for (size_t t = 0; t < specs.size(); ++t) {
       const std::string& name = specs[t].name;
-      std::vector<double> master(single->get()->plan().tensors[t].geom.numel, NAN);
+      std::vector<double> master(single->plan().tensors[t].geom.numel, NAN);
       for (const json& o : outs) {
         if (!o["pieces"].contains(name)) continue;
         const auto m = o["pieces"][name]["master"].get<std::vector<double>>();
         std::copy(m.begin(), m.end(), master.begin() + o["pieces"][name]["begin"].get<int64_t>());
       }
-      const TensorStateView sv = (*single)->engine(0).tensor_state(static_cast<int>(t));
+      const TensorStateView sv = single->engine(0).tensor_state(static_cast<int>(t));
       const std::vector<double> want(sv.master.begin(), sv.master.end());
       EXPECT_LE(ParamError(master, want), kFloat32ParamTolerance) << DTypeName(dtype) << " " << name;
       const auto p = outs[0]["params"][name].get<std::vector<double>>();
