@@ -127,7 +127,7 @@ absl::Status Run() {
   heartbeat = std::make_unique<service::HeartbeatThread>(
       client.get(), rank, joined->config.lease / 3, joined->config.lease,
       [&](absl::Status reason) {
-        failure = absl::Status(reason.code(), absl::StrCat("job failed: ", reason.message()));
+        failure = reason;
         (*core)->Abort(failure);
         if (!stop.HasBeenNotified()) stop.Notify();
       });

@@ -7,3 +7,11 @@ if(TARGET came_launch AND TARGET came-rankd AND TARGET came-coordinator)
     E2E_TRAINER="${CMAKE_CURRENT_LIST_DIR}/e2e_trainer.py")
   add_dependencies(e2e_test came_launch came-rankd came-coordinator)
 endif()
+
+# Failure handling across real processes (label fault).
+if(TARGET came-rankd AND TARGET came-coordinator AND TARGET came_rank_client)
+  came_add_test(fault_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/fault_test.cc
+                LIBS came_rank_client LABELS fault)
+  target_compile_definitions(fault_test PRIVATE BIN_DIR="${CMAKE_RUNTIME_OUTPUT_DIRECTORY}")
+  add_dependencies(fault_test came-rankd came-coordinator)
+endif()
