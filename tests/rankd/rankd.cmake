@@ -11,3 +11,8 @@ if(TARGET came_rankd_service)
     LIBS came_rankd_service came_rank_client came_case_io rt
     LABELS rankd)
 endif()
+
+if(TARGET came_rankd_service)
+  came_add_test(rank_metrics_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/rank_metrics_test.cc
+                LIBS came_rankd_service LABELS rankd)
+endif()
