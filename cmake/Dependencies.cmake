@@ -6,6 +6,7 @@ find_package(GTest REQUIRED)
 find_package(benchmark REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(absl CONFIG REQUIRED)
+find_package(OpenSSL REQUIRED)  # SHA-256 of checkpoint shards
 
 # Gloo ships a plain CMake file, no package version; its target is `gloo`.
 find_package(Gloo CONFIG QUIET PATHS /usr/share/cmake/Gloo)

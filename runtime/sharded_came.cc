@@ -322,6 +322,12 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   return out;
 }
 
+absl::Status ShardedCame::GatherParameters() {
+  if (plan_.world_size == 1) return absl::OkStatus();
+  return comm_->AllGather(params_ + rank_ * plan_.chunk_size * elem_size_, params_,
+                          plan_.chunk_size, ElemTypeOf(plan_.dtype), options_.collective_timeout);
+}
+
 StateBytes ShardedCame::state_bytes() const {
   StateBytes b;
   b.master = static_cast<int64_t>(master_.size() * sizeof(float));

@@ -132,6 +132,10 @@ class ShardedCame {
   absl::Status SetTensorState(int t, const TensorStateView& state);
   int64_t steps_taken() const { return steps_taken_; }
 
+  // All-gathers every rank's parameter chunk into every rank's parameter buffer (after
+  // SetTensorState); collective.
+  absl::Status GatherParameters();
+
  private:
   struct Piece;  // one ShardPiece with its state buffers
   ShardedCame(const ShardPlan& plan, comm::Communicator* comm, void* params, void* grads,

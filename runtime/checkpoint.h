@@ -1,0 +1,50 @@
+// Checkpoint shards of the sharded engine (DESIGN.md, "Failures").
+//
+// Note [Shard files]
+// Each rank writes one file in the safetensors layout (8-byte little-endian header length, a
+// JSON header, then raw little-endian data): for every piece it owns, "<tensor>/exp_avg",
+// "<tensor>/master" (fp32 parameter values) and, unfactored, "<tensor>/exp_avg_sq", each
+// covering the piece's element range [begin, end) recorded in the header's __metadata__ as
+// "<tensor>/range" = "begin,end" (with "<tensor>/numel"); factored tensors also store their
+// whole row/column statistics ("<tensor>/exp_avg_sq_row", ...). A checkpoint is the set of
+// every rank's shard plus the coordinator's manifest.json listing them. Loading reads, for
+// each piece a rank owns now, the overlapping ranges of every shard, so a checkpoint written
+// with one world size loads with another (resharding). Files are written to a temporary name,
+// fsynced and renamed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/sharded_came.h"
+
+namespace came {
+
+struct ShardFile {
+  std::string path;
+  int64_t bytes = 0;
+  std::string sha256;  // lowercase hex
+};
+
+// Writes the engine's state (this rank's pieces) and `step` to `path`.
+absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
+                                     const std::string& path);
+
+// Loads this rank's pieces from the shards of a checkpoint (written with any world size)
+// into the engine, parameters included (this rank's chunk; call
+// ShardedCame::GatherParameters on every rank afterwards). NotFound / DataLoss /
+// FailedPrecondition name the file and tensor at fault; the engine is unchanged on error.
+absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& shard_paths);
+
+// Returns the shard paths and step of a committed checkpoint from its manifest.json.
+struct CheckpointManifest {
+  int64_t step = 0;
+  int world_size = 0;
+  std::vector<std::string> shard_paths;
+};
+absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& manifest_path);
+
+}  // namespace came
