@@ -180,7 +180,8 @@ absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
   return out;
 }
 
-absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& shard_paths) {
+absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
+                                       const std::vector<std::string>& shard_paths) {
   std::vector<ShardIndex> shards;
   for (const std::string& p : shard_paths) {
     auto idx = ReadIndex(p);
@@ -188,12 +189,8 @@ absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& sha
     shards.push_back(*std::move(idx));
   }
   const ShardPlan& plan = engine.plan();
-  struct Loaded {
-    int tensor;
-    std::vector<float> master, exp_avg, exp_avg_sq, sq_row, sq_col, res_row, res_col;
-    TensorStateView view;
-  };
-  std::vector<Loaded> loaded;
+  using Loaded = PendingLoad::Tensor;
+  PendingLoad out;
   for (size_t t = 0; t < plan.tensors.size(); ++t) {
     const TensorStateView mine = engine.tensor_state(static_cast<int>(t));
     if (mine.end <= mine.begin) continue;
@@ -241,10 +238,13 @@ absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& sha
       return absl::FailedPreconditionError(absl::StrCat(
           "the checkpoint does not cover tensor '", n, "' elements [", mine.begin, ", ", mine.end,
           "): was it written for another model?"));
-    loaded.push_back(std::move(l));
+    out.tensors.push_back(std::move(l));
   }
-  // Everything was read: now change the engine.
-  for (Loaded& l : loaded) {
+  return out;
+}
+
+absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load) {
+  for (const PendingLoad::Tensor& l : load.tensors) {
     TensorStateView v = engine.tensor_state(l.tensor);
     v.master = l.master;
     v.exp_avg = l.exp_avg;
@@ -256,6 +256,12 @@ absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& sha
     if (absl::Status s = engine.SetTensorState(l.tensor, v); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& shard_paths) {
+  auto load = ReadShards(engine, shard_paths);
+  if (!load.ok()) return load.status();
+  return ApplyShards(engine, *load);
 }
 
 absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& manifest_path) {

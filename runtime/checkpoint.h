@@ -33,6 +33,22 @@ struct ShardFile {
 absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
                                      const std::string& path);
 
+// This rank's state read from a checkpoint, not yet applied (see ReadShards).
+struct PendingLoad {
+  struct Tensor {
+    int tensor = 0;
+    std::vector<float> master, exp_avg, exp_avg_sq, sq_row, sq_col, res_row, res_col;
+  };
+  std::vector<Tensor> tensors;
+};
+
+// Reads what this rank owns from the shards without changing the engine, so that every rank
+// can confirm it read its part before any rank changes state.
+absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
+                                       const std::vector<std::string>& shard_paths);
+// Applies what ReadShards returned.
+absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load);
+
 // Loads this rank's pieces from the shards of a checkpoint (written with any world size)
 // into the engine, parameters included (this rank's chunk; call
 // ShardedCame::GatherParameters on every rank afterwards). NotFound / DataLoss /

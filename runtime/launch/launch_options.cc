@@ -21,7 +21,7 @@ absl::Status ParseInt(absl::string_view flag, absl::string_view value, int min, 
 }  // namespace
 
 std::string LaunchUsage() {
-  return "usage: came-launch --nproc N [--backend gloo|nccl] [--metrics-port P]\n"
+  return "usage: came-launch --nproc N [--backend gloo|nccl] [--metrics-port P] [--checkpoint-dir DIR]\n"
          "                   [--threads-per-rank T] [--token-file F] [--bin-dir DIR]\n"
          "                   [--log-dir DIR] [--timeout-seconds S]\n"
          "                   [--startup-timeout-seconds S] [--grace-seconds S]\n"
@@ -74,6 +74,8 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
             absl::StrCat("--backend wants gloo or nccl, got '", value, "'"));
       }
       options.backend = value;
+    } else if (flag == "--checkpoint-dir") {
+      options.checkpoint_dir = value;
     } else if (flag == "--metrics-port") {
       status = ParseInt(flag, value, 0, 65535, &options.metrics_port);
     } else if (flag == "--threads-per-rank") {

@@ -18,6 +18,7 @@ struct LaunchOptions {
   std::string token_file;            // --token-file F; "" = a fresh random token
   std::string bin_dir;               // --bin-dir DIR; "" = the launcher's own folder
   std::string log_dir;               // --log-dir DIR; "" = no log files
+  std::string checkpoint_dir;        // --checkpoint-dir DIR for the coordinator; "" = off
   int timeout_seconds = 0;           // --timeout-seconds S; 0 = no job deadline
   int startup_timeout_seconds = 60;  // --startup-timeout-seconds S: for each daemon's
                                      // "listening on" line

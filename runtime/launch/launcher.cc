@@ -205,6 +205,10 @@ int Job::Run() {
   std::vector<std::string> coordinator_args = {"--listen",      "127.0.0.1:0",  "--world-size",
                                                absl::StrCat(n), "--token-file", *token_file,
                                                "--backend",     backend};
+  if (!options_.checkpoint_dir.empty()) {
+    coordinator_args.push_back("--checkpoint-dir");
+    coordinator_args.push_back(options_.checkpoint_dir);
+  }
   if (options_.metrics_port >= 0) {
     coordinator_args.push_back("--metrics-port");
     coordinator_args.push_back(absl::StrCat(options_.metrics_port));

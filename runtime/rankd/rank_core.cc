@@ -7,6 +7,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/checkpoint.h"
 #include "runtime/service/limits.h"
 
 namespace came::rankd {
@@ -110,16 +111,18 @@ struct RankCore::Attachment {
 };
 
 RankCore::RankCore(RankCoreOptions options, std::unique_ptr<comm::Communicator> comm,
-                   Agreement agreement, StepObserver observer)
+                   Agreement agreement, StepObserver observer, CheckpointHooks checkpoints)
     : options_(std::move(options)),
       comm_(std::move(comm)),
       agreement_(std::move(agreement)),
-      observer_(std::move(observer)) {}
+      observer_(std::move(observer)),
+      checkpoints_(std::move(checkpoints)) {}
 
 absl::StatusOr<std::unique_ptr<RankCore>> RankCore::Create(RankCoreOptions options,
                                                            std::unique_ptr<comm::Communicator> comm,
                                                            Agreement agreement,
-                                                           StepObserver observer) {
+                                                           StepObserver observer,
+                                                           CheckpointHooks checkpoints) {
   if (comm == nullptr) return Invalid("no communicator");
   if (comm->rank() != options.rank || comm->size() != options.world_size)
     return Invalid(absl::StrCat("the communicator is rank ", comm->rank(), " of ", comm->size(),
@@ -127,8 +130,9 @@ absl::StatusOr<std::unique_ptr<RankCore>> RankCore::Create(RankCoreOptions optio
   if (options.shm_prefix.empty() || options.shm_prefix[0] != '/')
     return Invalid("shm_prefix must start with '/'");
   if (options.alignment < 1) return Invalid("alignment must be >= 1");
-  std::unique_ptr<RankCore> core(
-      new RankCore(std::move(options), std::move(comm), std::move(agreement), std::move(observer)));
+  std::unique_ptr<RankCore> core(new RankCore(std::move(options), std::move(comm),
+                                              std::move(agreement), std::move(observer),
+                                              std::move(checkpoints)));
   core->worker_ = std::thread([c = core.get()] { c->WorkerLoop(); });
   return core;
 }
@@ -188,6 +192,14 @@ absl::Status RankCore::CheckAttachment(const std::string& id) const {
   if (id != attachment_->id)
     return absl::FailedPreconditionError(
         absl::StrCat("unknown attachment id '", id.substr(0, 64), "'"));
+  return absl::OkStatus();
+}
+
+absl::Status RankCore::CheckEngine(const std::string& id) const {
+  if (absl::Status s = CheckAttachment(id); !s.ok()) return s;
+  if (attachment_->engine == nullptr)
+    return absl::FailedPreconditionError(
+        "the initial parameters were never synchronized: call SyncParameters first");
   return absl::OkStatus();
 }
 
@@ -312,6 +324,80 @@ void RankCore::Detach(std::string id, Done<absl::Status> done) {
     attachment_.reset();
     done(absl::OkStatus());
     (void)aborted;  // detaching is allowed after an abort: it releases the buffers
+  });
+}
+
+void RankCore::SaveCheckpoint(std::string id, int64_t step,
+                              Done<absl::StatusOr<SavedCheckpoint>> done) {
+  if (!checkpoints_.begin)
+    return done(absl::FailedPreconditionError("checkpoints are off: start the coordinator with --checkpoint-dir"));
+  Enqueue([this, id = std::move(id), step, done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    Attachment& a = *attachment_;
+    if (step != a.last_step)
+      return done(absl::FailedPreconditionError(absl::StrCat(
+          "asked to save step ", step, " but the state is that after step ", a.last_step)));
+    auto begun = checkpoints_.begin(step);
+    if (!begun.ok()) return done(begun.status());
+    const auto& [ckpt_id, dir] = *begun;
+    const std::string file = absl::StrCat("rank-", options_.rank, ".safetensors");
+    auto shard = WriteShard(*a.engine, step, dir + "/" + file);
+    if (!shard.ok()) return done(shard.status());
+    if (absl::Status s = checkpoints_.report(ckpt_id, file, shard->bytes, shard->sha256); !s.ok())
+      return done(s);
+    // Every rank reported once every rank is past the barrier; then any rank may commit.
+    if (absl::Status s = comm_->Barrier(options_.collective_timeout); !s.ok()) {
+      Abort(s);
+      return done(RankCore::aborted());
+    }
+    auto manifest = checkpoints_.commit(ckpt_id);
+    if (!manifest.ok()) return done(manifest.status());
+    done(SavedCheckpoint{ckpt_id, *manifest});
+  });
+}
+
+void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
+                              Done<absl::StatusOr<LoadedCheckpoint>> done) {
+  if (manifest_path.empty() && !checkpoints_.latest)
+    return done(absl::FailedPreconditionError(
+        "checkpoints are off: give a manifest path or start the coordinator with --checkpoint-dir"));
+  Enqueue([this, id = std::move(id), path = std::move(manifest_path),
+           done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    if (path.empty()) {
+      auto latest = checkpoints_.latest();
+      if (!latest.ok()) return done(latest.status());
+      path = *latest;
+    }
+    auto manifest = ReadCheckpointManifest(path);
+    if (!manifest.ok()) return done(manifest.status());
+    Attachment& a = *attachment_;
+    // Every rank reads its part before any rank changes state: one rank's bad file fails the
+    // load everywhere and leaves every rank as it was.
+    auto load = ReadShards(*a.engine, manifest->shard_paths);
+    int64_t failed = load.ok() ? 0 : 1;
+    if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
+                                          options_.collective_timeout);
+        !s.ok()) {
+      Abort(s);
+      return done(RankCore::aborted());
+    }
+    if (!load.ok()) return done(load.status());
+    if (failed != 0)
+      return done(absl::FailedPreconditionError(absl::StrCat(
+          failed, " other rank(s) could not read the checkpoint ", path, "; nothing was loaded")));
+    if (absl::Status s = ApplyShards(*a.engine, *load); !s.ok()) {
+      Abort(s);  // a size mismatch after a successful read: a bug, the state is partial
+      return done(RankCore::aborted());
+    }
+    if (absl::Status s = a.engine->GatherParameters(); !s.ok()) {
+      Abort(s);
+      return done(RankCore::aborted());
+    }
+    a.last_step = manifest->step;
+    done(LoadedCheckpoint{path, manifest->step, manifest->world_size});
   });
 }
 

@@ -65,6 +65,30 @@ struct StepOutcome {
   StateBytes state_bytes;
 };
 
+// How a rank takes part in a checkpoint through the coordinator (Note [Checkpoint layout] in
+// runtime/service/checkpoint_files.h): begin returns the checkpoint's id and folder, report
+// records this rank's shard, commit writes the manifest once every shard is in and returns
+// its path, latest returns the path of the newest committed manifest (NotFound: none).
+struct CheckpointHooks {
+  absl::AnyInvocable<absl::StatusOr<std::pair<std::string, std::string>>(int64_t step)> begin;
+  absl::AnyInvocable<absl::Status(const std::string& id, const std::string& file, int64_t bytes,
+                                  const std::string& sha256)>
+      report;
+  absl::AnyInvocable<absl::StatusOr<std::string>(const std::string& id)> commit;
+  absl::AnyInvocable<absl::StatusOr<std::string>()> latest;
+};
+
+struct SavedCheckpoint {
+  std::string id;
+  std::string manifest_path;
+};
+
+struct LoadedCheckpoint {
+  std::string manifest_path;
+  int64_t step = 0;
+  int saved_world_size = 0;
+};
+
 struct RankCoreOptions {
   int rank = 0;
   int world_size = 1;
@@ -97,7 +121,7 @@ class RankCore {
 
   static absl::StatusOr<std::unique_ptr<RankCore>> Create(
       RankCoreOptions options, std::unique_ptr<comm::Communicator> comm, Agreement agreement,
-      StepObserver observer = nullptr);
+      StepObserver observer = nullptr, CheckpointHooks checkpoints = {});
   ~RankCore();  // aborts queued calls and joins the worker
 
   void Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done);
@@ -105,6 +129,14 @@ class RankCore {
   void SyncParameters(std::string attachment_id, Done<absl::StatusOr<StateBytes>> done);
   void Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done);
   void Detach(std::string attachment_id, Done<absl::Status> done);
+  // Writes this rank's shard of the state after step `step` (the last step taken) and, once
+  // every rank has (a barrier), commits the checkpoint. Collective: every rank calls it.
+  void SaveCheckpoint(std::string attachment_id, int64_t step, Done<absl::StatusOr<SavedCheckpoint>> done);
+  // Loads a committed checkpoint ("" = the latest), written with any world size: optimizer
+  // state and parameters; the next step must be numbered above the checkpoint's.
+  // Collective.
+  void LoadCheckpoint(std::string attachment_id, std::string manifest_path,
+                      Done<absl::StatusOr<LoadedCheckpoint>> done);
 
   // Fails the job: aborts the communicator (a collective in flight returns) and fails every
   // queued and later call with `reason`. Thread-safe; the first reason wins.
@@ -118,7 +150,8 @@ class RankCore {
  private:
   struct Attachment;
   RankCore(RankCoreOptions options, std::unique_ptr<comm::Communicator> comm,
-           Agreement agreement, StepObserver observer);
+           Agreement agreement, StepObserver observer, CheckpointHooks checkpoints);
+  absl::Status CheckEngine(const std::string& id) const;  // worker thread only
   void Enqueue(absl::AnyInvocable<void(absl::Status aborted)> task);
   void WorkerLoop();
   absl::Status CheckAttachment(const std::string& id) const;  // worker thread only
@@ -127,6 +160,7 @@ class RankCore {
   std::unique_ptr<comm::Communicator> comm_;
   Agreement agreement_;
   StepObserver observer_;
+  CheckpointHooks checkpoints_;
 
   mutable absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void(absl::Status)>> queue_ ABSL_GUARDED_BY(mu_);

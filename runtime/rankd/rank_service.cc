@@ -1,9 +1,12 @@
 #include "runtime/rankd/rank_service.h"
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "runtime/rankd/rank_proto.h"
 #include "runtime/service/auth.h"
 #include "runtime/service/grpc_status.h"
+#include "runtime/service/limits.h"
 
 namespace came::rankd {
 namespace {
@@ -127,20 +130,39 @@ grpc::ServerUnaryReactor* RankService::Step(grpc::CallbackServerContext* ctx,
 }
 
 grpc::ServerUnaryReactor* RankService::SaveCheckpoint(grpc::CallbackServerContext* ctx,
-                                                      const v1::SaveCheckpointRequest*,
-                                                      v1::SaveCheckpointResponse*) {
+                                                      const v1::SaveCheckpointRequest* req,
+                                                      v1::SaveCheckpointResponse* resp) {
   return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
-    reactor->Finish(service::ToGrpcStatus(
-        absl::UnimplementedError("checkpoints are not implemented in this version of came-rankd")));
+    core_->SaveCheckpoint(req->attachment_id(), req->step(),
+                          [reactor, resp](absl::StatusOr<SavedCheckpoint> saved) {
+                            if (saved.ok()) {
+                              resp->set_checkpoint_id(saved->id);
+                              resp->set_manifest_path(saved->manifest_path);
+                            }
+                            reactor->Finish(service::ToGrpcStatus(saved.status()));
+                          });
   });
 }
 
 grpc::ServerUnaryReactor* RankService::LoadCheckpoint(grpc::CallbackServerContext* ctx,
-                                                      const v1::LoadCheckpointRequest*,
-                                                      v1::LoadCheckpointResponse*) {
+                                                      const v1::LoadCheckpointRequest* req,
+                                                      v1::LoadCheckpointResponse* resp) {
   return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
-    reactor->Finish(service::ToGrpcStatus(
-        absl::UnimplementedError("checkpoints are not implemented in this version of came-rankd")));
+    if (static_cast<int64_t>(req->manifest_path().size()) > service::kMaxPathBytes)
+      return reactor->Finish(service::ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("manifest_path is longer than ", service::kMaxPathBytes, " bytes"))));
+    core_->LoadCheckpoint(req->attachment_id(), req->manifest_path(),
+                          [reactor, resp](absl::StatusOr<LoadedCheckpoint> loaded) {
+                            if (loaded.ok()) {
+                              resp->set_checkpoint_id(std::filesystem::path(loaded->manifest_path)
+                                                          .parent_path()
+                                                          .filename()
+                                                          .string());
+                              resp->set_step(loaded->step);
+                              resp->set_saved_world_size(loaded->saved_world_size);
+                            }
+                            reactor->Finish(service::ToGrpcStatus(loaded.status()));
+                          });
   });
 }
 

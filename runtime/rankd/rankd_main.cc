@@ -111,6 +111,30 @@ absl::Status Run() {
   ro.shm_prefix = absl::StrCat("/came-", joined->job_id, "-r", rank);
   ro.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_seconds));
   std::unique_ptr<service::HeartbeatThread> heartbeat;
+  CheckpointHooks checkpoints;
+  if (!joined->config.checkpoint_dir.empty()) {
+    checkpoints.begin = [client, rank](int64_t step)
+        -> absl::StatusOr<std::pair<std::string, std::string>> {
+      auto info = client->BeginCheckpoint(rank, step);
+      if (!info.ok()) return info.status();
+      return std::pair{info->id, info->directory};
+    };
+    checkpoints.report = [client, rank](const std::string& id, const std::string& file,
+                                        int64_t bytes, const std::string& sha256) {
+      return client->ReportShard(service::ShardReport{id, rank, file, bytes, sha256});
+    };
+    checkpoints.commit = [client, rank](const std::string& id) -> absl::StatusOr<std::string> {
+      auto info = client->CommitCheckpoint(id, rank);
+      if (!info.ok()) return info.status();
+      return info->manifest_path;
+    };
+    checkpoints.latest = [client]() -> absl::StatusOr<std::string> {
+      auto info = client->LatestCheckpoint();
+      if (!info.ok()) return info.status();
+      if (!info->has_value()) return absl::NotFoundError("the job has no committed checkpoint");
+      return (*info)->manifest_path;
+    };
+  }
   auto core = RankCore::Create(
       ro, *std::move(comm),
       [client, rank](const std::string& digest, int64_t count, absl::Duration timeout) {
@@ -119,7 +143,8 @@ absl::Status Run() {
       [&metrics, &heartbeat](int64_t step, const EngineStepStats& stats, const StateBytes& bytes) {
         metrics.Observe(stats, bytes);
         if (heartbeat) heartbeat->SetStep(step);
-      });
+      },
+      std::move(checkpoints));
   if (!core.ok()) return core.status();
 
   absl::Notification stop;

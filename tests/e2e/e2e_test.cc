@@ -33,9 +33,10 @@ struct RunResult {
 };
 
 // Runs came-launch with `nproc` ranks and the e2e trainer; a hard deadline stops a hang.
-RunResult Launch(int nproc, const std::string& trainer_args) {
+RunResult Launch(int nproc, const std::string& trainer_args, const std::string& launch_args = "") {
   const std::string cmd = "timeout -k 10 300 " + std::string(CAME_LAUNCH) + " --nproc " +
-                          std::to_string(nproc) + " -- /usr/bin/python3 " + E2E_TRAINER + " " +
+                          std::to_string(nproc) + " " + launch_args +
+                          " -- /usr/bin/python3 " + E2E_TRAINER + " " +
                           trainer_args + " 2>&1";
   RunResult r;
   FILE* p = popen(cmd.c_str(), "r");
@@ -132,6 +133,36 @@ TEST_P(E2eTest, SameDataEveryRankEqualsSingleRankEngine) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, E2eTest, ::testing::Values(2, 3));
+
+// Save at step 5 of 10 through the service, then a new job (new coordinator and daemons,
+// same --checkpoint-dir) resumes from the latest checkpoint and takes steps 6..10: it ends
+// where the first job did, exactly at the same world size, within float32 tolerance when it
+// reshards to another.
+TEST(E2eCheckpointTest, ANewJobResumesFromTheLatestCheckpoint) {
+  for (int resume_world : {2, 3}) {
+    TempDir dir;
+    const std::string ckpt = "--checkpoint-dir " + (dir.path / "ckpt").string();
+    const RunResult first =
+        Launch(2, "--mode ckpt-save --steps 10 --out " + (dir.path / "a").string(), ckpt);
+    ASSERT_EQ(first.exit_code, 0) << first.output;
+    ASSERT_TRUE(fs::exists(dir.path / "ckpt" / "step-000000000005" / "manifest.json"))
+        << first.output;
+    const RunResult second = Launch(
+        resume_world, "--mode ckpt-resume --steps 10 --out " + (dir.path / "b").string(), ckpt);
+    ASSERT_EQ(second.exit_code, 0) << second.output;
+    const auto want = ReadFloats(dir.path / "a" / "rank0_final.bin");
+    const auto got = ReadFloats(dir.path / "b" / "rank0_resumed.bin");
+    ASSERT_EQ(want.size(), got.size());
+    if (resume_world == 2) {
+      EXPECT_EQ(got, want) << "resuming at the same world size must be exact";
+    } else {
+      EXPECT_LE(ParamError(std::vector<double>(got.begin(), got.end()),
+                           std::vector<double>(want.begin(), want.end())),
+                kFloat32ParamTolerance);
+    }
+    EXPECT_NE(got, ReadFloats(dir.path / "b" / "rank0_init.bin")) << "nothing was loaded";
+  }
+}
 
 TEST(E2eFailureTest, ManifestsThatDifferStopTheJobNamingTheRank) {
   TempDir dir;

@@ -29,14 +29,15 @@ def model_and_data(seed, n=64):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["loss", "dump", "mismatch"], required=True)
+    p.add_argument("--mode", choices=["loss", "dump", "mismatch", "ckpt-save", "ckpt-resume"],
+                   required=True)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--out", required=True)
     a = p.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ["CAME_RANK"])
-    same = a.mode == "dump"
+    same = a.mode in ("dump", "ckpt-save", "ckpt-resume")
     model, x, y = model_and_data(seed=7 if same else 7 + rank)
     if a.mode == "mismatch" and rank == 1:
         model[3] = torch.nn.Linear(24, 4)  # a different manifest on rank 1
@@ -68,7 +69,11 @@ def main():
         with open(os.path.join(a.out, "manifest.json"), "w") as f:
             json.dump(manifest, f)
     losses = []
-    for step in range(1, a.steps + 1):
+    first = 1
+    if a.mode == "ckpt-resume":
+        loaded = opt.load_checkpoint()  # the job's latest committed checkpoint
+        first = loaded.step + 1
+    for step in range(first, a.steps + 1):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
@@ -76,8 +81,10 @@ def main():
             dump(f"grad{step}")
         opt.step()
         losses.append(loss.item())
+        if a.mode == "ckpt-save" and step == a.steps // 2:
+            opt.save_checkpoint()
     if same:
-        dump("final")
+        dump("final" if a.mode != "ckpt-resume" else "resumed")
     if rank == 0:
         with open(os.path.join(a.out, "losses.json"), "w") as f:
             json.dump(losses, f)
