@@ -274,8 +274,40 @@ absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& man
   m.step = j.value("step", int64_t{0});
   m.world_size = j.value("world_size", 0);
   const std::filesystem::path dir = std::filesystem::path(manifest_path).parent_path();
-  for (const json& s : j["shards"]) m.shard_paths.push_back((dir / s["file"].get<std::string>()).string());
+  for (const json& s : j["shards"]) {
+    m.shard_paths.push_back((dir / s["file"].get<std::string>()).string());
+    m.shard_bytes.push_back(s.value("bytes", int64_t{-1}));
+    m.shard_sha256.push_back(s.value("sha256", std::string()));
+  }
   return m;
+}
+
+absl::Status VerifyShards(const CheckpointManifest& m) {
+  std::vector<char> buf(1 << 20);
+  for (size_t i = 0; i < m.shard_paths.size(); ++i) {
+    const std::string& path = m.shard_paths[i];
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return absl::NotFoundError(absl::StrCat("cannot read checkpoint shard ", path));
+    EVP_MD_CTX* md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
+    int64_t bytes = 0;
+    while (f) {
+      f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      const std::streamsize got = f.gcount();
+      EVP_DigestUpdate(md, buf.data(), static_cast<size_t>(got));
+      bytes += got;
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(md, digest, &len);
+    EVP_MD_CTX_free(md);
+    if (bytes != m.shard_bytes[i])
+      return absl::DataLossError(absl::StrCat(path, " has ", bytes, " bytes; the manifest says ",
+                                              m.shard_bytes[i]));
+    if (Hex(digest, len) != m.shard_sha256[i])
+      return absl::DataLossError(absl::StrCat(path, " does not match its SHA-256 in the manifest"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace came

@@ -60,7 +60,12 @@ struct CheckpointManifest {
   int64_t step = 0;
   int world_size = 0;
   std::vector<std::string> shard_paths;
+  std::vector<int64_t> shard_bytes;
+  std::vector<std::string> shard_sha256;
 };
 absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& manifest_path);
+
+// Checks every shard's size and SHA-256 against the manifest; DataLoss naming the file.
+absl::Status VerifyShards(const CheckpointManifest& manifest);
 
 }  // namespace came

@@ -376,7 +376,10 @@ void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
     Attachment& a = *attachment_;
     // Every rank reads its part before any rank changes state: one rank's bad file fails the
     // load everywhere and leaves every rank as it was.
-    auto load = ReadShards(*a.engine, manifest->shard_paths);
+    const absl::Status verified = VerifyShards(*manifest);
+    absl::StatusOr<PendingLoad> load =
+        verified.ok() ? ReadShards(*a.engine, manifest->shard_paths)
+                      : absl::StatusOr<PendingLoad>(verified);
     int64_t failed = load.ok() ? 0 : 1;
     if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
                                           options_.collective_timeout);

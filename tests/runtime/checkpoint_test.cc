@@ -161,5 +161,31 @@ TEST(CheckpointTest, DamagedOrForeignShardsAreRejectedAndChangeNothing) {
   EXPECT_EQ(b->Param(0), before);
 }
 
+TEST(CheckpointTest, VerifyShardsChecksSizeAndSha256) {
+  TempDir dir;
+  auto a = Cluster(2);
+  ASSERT_NE(a, nullptr);
+  Train(*a, 1, 1);
+  CheckpointManifest m;
+  for (int r = 0; r < 2; ++r) {
+    auto f = WriteShard(a->engine(r), 1, (dir.path / ("rank-" + std::to_string(r))).string());
+    ASSERT_TRUE(f.ok()) << f.status();
+    m.shard_paths.push_back(f->path);
+    m.shard_bytes.push_back(f->bytes);
+    m.shard_sha256.push_back(f->sha256);
+  }
+  EXPECT_TRUE(VerifyShards(m).ok());
+  {  // flip one byte in the data
+    std::fstream f(m.shard_paths[1], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-5, std::ios::end);
+    f.put('\x7f');
+  }
+  absl::Status s = VerifyShards(m);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("rank-1"), std::string::npos) << s;
+  m.shard_bytes[0] += 1;
+  EXPECT_EQ(VerifyShards(m).code(), absl::StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace came
