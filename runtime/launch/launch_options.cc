@@ -77,7 +77,7 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
     } else if (flag == "--checkpoint-dir") {
       options.checkpoint_dir = value;
     } else if (flag == "--metrics-port") {
-      status = ParseInt(flag, value, 0, 65535, &options.metrics_port);
+      status = ParseInt(flag, value, 0, 65535 - kMaxProcs - 1, &options.metrics_port);
     } else if (flag == "--threads-per-rank") {
       status = ParseInt(flag, value, 1, 4096, &options.threads_per_rank);
     } else if (flag == "--timeout-seconds") {

@@ -13,7 +13,8 @@ struct LaunchOptions {
   int nproc = 0;                     // --nproc N, 1 .. kMaxProcs; required
   std::string backend;               // --backend gloo|nccl; "" = nccl on a CUDA build with a
                                      // GPU device present, gloo otherwise
-  int metrics_port = -1;             // --metrics-port P for the coordinator; -1 = not passed
+  int metrics_port = -1;             // --metrics-port P: the coordinator's /metrics on P and
+                                     // rank r's on P + 1 + r; -1 = not passed
   int threads_per_rank = 0;          // --threads-per-rank T; 0 = cores / N, at least 1
   std::string token_file;            // --token-file F; "" = a fresh random token
   std::string bin_dir;               // --bin-dir DIR; "" = the launcher's own folder

@@ -221,13 +221,19 @@ int Job::Run() {
   // Start every rankd before waiting for any: they come up in parallel.
   std::vector<int> rankd;
   for (int r = 0; r < n; ++r) {
+    std::vector<std::string> argv = {
+        rankd_bin, "--coordinator", *coordinator_address, "--token-file", *token_file,
+        "--rank", absl::StrCat(r), "--world-size", absl::StrCat(n), "--listen",
+        "127.0.0.1:0", "--backend", backend, "--threads", absl::StrCat(threads)};
+    if (options_.metrics_port > 0) {  // rank r serves /metrics on P + 1 + r
+      argv.push_back("--metrics-port");
+      argv.push_back(absl::StrCat(options_.metrics_port + 1 + r));
+    }
     absl::StatusOr<int> index = supervisor_->Spawn(ChildSpec{
         .name = absl::StrCat("rankd ", r),
         .kind = ChildKind::kDaemon,
         .path = rankd_bin,
-        .argv = {rankd_bin, "--coordinator", *coordinator_address, "--token-file", *token_file,
-                 "--rank", absl::StrCat(r), "--world-size", absl::StrCat(n), "--listen",
-                 "127.0.0.1:0", "--backend", backend, "--threads", absl::StrCat(threads)},
+        .argv = std::move(argv),
         .env = EnvironmentWith({}),
         .ready_prefix = absl::StrCat("came-rankd rank ", r, " listening on ")});
     if (!index.ok()) return Abort(index.status());

@@ -15,3 +15,19 @@ if(TARGET came-rankd AND TARGET came-coordinator AND TARGET came_rank_client)
   target_compile_definitions(fault_test PRIVATE BIN_DIR="${CMAKE_RUNTIME_OUTPUT_DIRECTORY}")
   add_dependencies(fault_test came-rankd came-coordinator)
 endif()
+
+# Metrics: a real Prometheus server scrapes a running job; the shipped configuration checks.
+find_program(CAME_PROMETHEUS prometheus)
+find_program(CAME_PROMTOOL promtool)
+if(CAME_PROMETHEUS AND TARGET came_launch AND TARGET came-cpp-trainer)
+  add_test(NAME prometheus_scrape_test
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/prometheus_scrape_test.sh
+                   ${CMAKE_RUNTIME_OUTPUT_DIRECTORY}
+                   ${PROJECT_SOURCE_DIR}/deploy/prometheus/came_rules.yml)
+  set_tests_properties(prometheus_scrape_test PROPERTIES LABELS "e2e;metrics" TIMEOUT 180)
+endif()
+if(CAME_PROMTOOL)
+  add_test(NAME deploy_prometheus_config
+           COMMAND ${CAME_PROMTOOL} check config ${PROJECT_SOURCE_DIR}/deploy/prometheus/prometheus.yml)
+  set_tests_properties(deploy_prometheus_config PROPERTIES LABELS "deploy")
+endif()
