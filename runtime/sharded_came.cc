@@ -93,6 +93,8 @@ absl::Status ShardedCame::Init() {
   const int64_t chunk = plan_.chunk_size;
   uint8_t* my_params = params_ + rank_ * chunk * elem_size_;
   uint8_t* my_grads = grads_ + rank_ * chunk * elem_size_;
+  const bool f32_reduce = options_.reduce_in_float32 && !fp32;
+  if (f32_reduce) grad_f32_.assign(plan_.padded_size, 0.0f);
   if (!fp32) {
     master_.resize(chunk);
     for (int64_t i = 0; i < chunk; ++i) master_[i] = LoadAsFloat(my_params, plan_.dtype, i);
@@ -115,8 +117,13 @@ absl::Status ShardedCame::Init() {
     s.begin = p.piece.begin;
     s.end = p.piece.end;
     s.group = t.spec.group;
-    s.grad = my_grads + p.piece.chunk_offset * elem_size_;
-    s.grad_dtype = plan_.dtype;
+    if (f32_reduce) {
+      s.grad = grad_f32_.data() + rank_ * chunk + p.piece.chunk_offset;
+      s.grad_dtype = DType::kFloat32;
+    } else {
+      s.grad = my_grads + p.piece.chunk_offset * elem_size_;
+      s.grad_dtype = plan_.dtype;
+    }
     if (fp32) {
       s.master = reinterpret_cast<float*>(my_params) + p.piece.chunk_offset;
     } else {
@@ -244,8 +251,20 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
 
   // 2. Reduce-scatter (average) of the gradients: rank k keeps chunk k, in place.
   auto t0 = Clock::now();
-  uint8_t* my_grads = grads_ + rank_ * plan_.chunk_size * elem_size_;
-  if (plan_.world_size > 1) {
+  if (!grad_f32_.empty()) {
+    // Note [16-bit reduction]: widen the whole gradient buffer, then reduce in float32.
+    for (int64_t i = 0; i < plan_.padded_size; ++i)
+      grad_f32_[i] = LoadAsFloat(grads_, plan_.dtype, i);
+    if (plan_.world_size > 1) {
+      float* mine = grad_f32_.data() + rank_ * plan_.chunk_size;
+      if (absl::Status s = comm_->ReduceScatter(grad_f32_.data(), mine, plan_.chunk_size,
+                                                comm::ElemType::kFloat32, comm::ReduceOp::kAvg,
+                                                timeout);
+          !s.ok())
+        return fail(s);
+    }
+  } else if (plan_.world_size > 1) {
+    uint8_t* my_grads = grads_ + rank_ * plan_.chunk_size * elem_size_;
     if (absl::Status s = comm_->ReduceScatter(grads_, my_grads, plan_.chunk_size,
                                               ElemTypeOf(plan_.dtype), comm::ReduceOp::kAvg,
                                               timeout);

@@ -22,8 +22,8 @@
 // by default (reduce_dtype = param dtype): each ring hop adds in float and rounds the partial
 // sum to 16 bits, so the wire carries 2 bytes per element. With a world size that is not a
 // power of two, the average therefore differs from the exact mean by a few 16-bit ulps (the
-// updates by about the same relative amount); fp32 gradients are unaffected. A float32
-// reduction option (FSDP's reduce_dtype=float32) is not implemented yet.
+// updates by about the same relative amount); fp32 gradients are unaffected.
+// EngineOptions::reduce_in_float32 reduces 16-bit gradients in float32 instead.
 //
 // Thread-safety: Step and the state accessors must be called from one thread at a time.
 #pragma once
@@ -56,6 +56,11 @@ struct EngineOptions {
   std::vector<CameHyper> groups;   // hyperparameters per parameter group (index = group)
   double max_grad_norm = 0.0;      // > 0: clip the global gradient norm (clip_grad_norm_)
   int num_threads = 1;             // CPU kernel threads
+  // bf16/fp16 gradients: reduce-scatter in float32 (FSDP's reduce_dtype=float32) instead of
+  // in their own dtype (Note [16-bit reduction]): the average is exact to float32 at any world
+  // size, for twice the wire bytes and a float32 copy of the gradient buffer. No effect for
+  // float32 gradients.
+  bool reduce_in_float32 = false;
   absl::Duration collective_timeout = absl::Minutes(5);
 };
 
@@ -154,7 +159,7 @@ class ShardedCame {
 
   std::vector<Piece> pieces_;
   std::vector<int> piece_of_tensor_;     // tensor -> index into pieces_, or -1
-  std::vector<uint8_t> grad_chunk_;      // this rank's reduced gradient chunk
+  std::vector<float> grad_f32_;          // reduce_in_float32: the gradients in float32
   std::vector<float> master_;            // chunk_size floats when params are low precision
   std::unique_ptr<CpuCame> cpu_;
   // Step scratch (no allocation per step).

@@ -270,6 +270,7 @@ void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> d
     EngineOptions eo;
     eo.groups = a.manifest.groups;
     eo.num_threads = options_.num_threads;
+    eo.reduce_in_float32 = options_.reduce_in_float32;
     eo.collective_timeout = options_.collective_timeout;
     auto engine = ShardedCame::Create(a.plan, comm_.get(), a.params->data(), a.grads->data(), eo);
     if (!engine.ok()) return done(engine.status());

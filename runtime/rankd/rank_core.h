@@ -94,6 +94,7 @@ struct RankCoreOptions {
   int world_size = 1;
   int num_threads = 1;          // CPU kernel threads
   int64_t alignment = 16;       // shard-plan alignment in elements
+  bool reduce_in_float32 = false;  // EngineOptions::reduce_in_float32 (16-bit gradients)
   std::string shm_prefix;       // e.g. "/came-<job>-r0"; buffers are <prefix>-<n>-params|grads
   absl::Duration collective_timeout = absl::Minutes(5);
   absl::Duration agreement_timeout = absl::Minutes(5);

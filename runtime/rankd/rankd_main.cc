@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, backend, "gloo", "collective backend: gloo (CPU)");
 ABSL_FLAG(std::string, gloo_host, "127.0.0.1", "address Gloo binds and advertises to peers");
 ABSL_FLAG(int, threads, 1, "CPU kernel threads");
 ABSL_FLAG(int64_t, alignment, 16, "shard-plan alignment in elements");
+ABSL_FLAG(bool, reduce_in_float32, false,
+          "reduce-scatter bf16/fp16 gradients in float32 (exact mean at any world size; twice "
+          "the wire bytes and a float32 copy of the gradients)");
 ABSL_FLAG(double, collective_timeout_seconds, 300, "deadline of every collective");
 ABSL_FLAG(int, metrics_port, 0, "port of /metrics on the --listen host (0: off)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate to serve the trainer with (TLS on)");
@@ -108,6 +111,7 @@ absl::Status Run() {
   ro.world_size = world;
   ro.num_threads = threads;
   ro.alignment = absl::GetFlag(FLAGS_alignment);
+  ro.reduce_in_float32 = absl::GetFlag(FLAGS_reduce_in_float32);
   ro.shm_prefix = absl::StrCat("/came-", joined->job_id, "-r", rank);
   ro.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_seconds));
   std::unique_ptr<service::HeartbeatThread> heartbeat;

@@ -244,5 +244,46 @@ TEST(ShardedCameTest, RejectsBadOptions) {
   EXPECT_EQ(bad_lr.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// With reduce_in_float32 the 16-bit average is exact at any world size (W=3 here), and
+// different gradients on every rank give the single-rank result on the float mean.
+TEST(ShardedCameTest, Float32ReductionOf16BitGradientsMatchesSingleRankAtAnyWorldSize) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    const auto specs = TestModel(dtype);
+    EngineOptions o = Options();
+    o.reduce_in_float32 = true;
+    auto cluster = LocalCluster::Create(specs, 3, 1, InitialParams(specs), o);
+    auto single = LocalCluster::Create(specs, 1, 1, InitialParams(specs), Options());
+    ASSERT_TRUE(cluster.ok() && single.ok());
+    auto grads = [](int step) {
+      return [step](int, int t, std::span<float> g) {
+        for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(Grad(0, step, t, i));
+      };
+    };
+    for (int step = 1; step <= kSteps; ++step) {
+      ASSERT_TRUE((*cluster)->Step(grads(step), {step, {}}).ok());
+      ASSERT_TRUE((*single)->Step(grads(step), {step, {}}).ok());
+    }
+    for (size_t t = 0; t < specs.size(); ++t) {
+      std::vector<double> master((*cluster)->plan().tensors[t].geom.numel);
+      for (int r = 0; r < 3; ++r) {
+        const TensorStateView v = (*cluster)->engine(r).tensor_state(t);
+        std::copy(v.master.begin(), v.master.end(), master.begin() + v.begin);
+      }
+      const TensorStateView s = (*single)->engine(0).tensor_state(t);
+      EXPECT_LE(ParamError(master, std::vector<double>(s.master.begin(), s.master.end())),
+                kFloat32ParamTolerance)
+          << DTypeName(dtype) << " " << specs[t].name;
+    }
+    // Without it, W=3 rounds each ring hop in 16 bits and the results drift apart.
+    auto rounded = LocalCluster::Create(specs, 3, 1, InitialParams(specs), Options());
+    ASSERT_TRUE(rounded.ok());
+    for (int step = 1; step <= kSteps; ++step) ASSERT_TRUE((*rounded)->Step(grads(step), {step, {}}).ok());
+    double worst = 0;
+    for (size_t t = 0; t < specs.size(); ++t)
+      worst = std::max(worst, ParamError((*rounded)->Param(t), (*single)->Param(t)));
+    EXPECT_GT(worst, kFloat32ParamTolerance) << "the 16-bit reduction should differ measurably";
+  }
+}
+
 }  // namespace
 }  // namespace came
