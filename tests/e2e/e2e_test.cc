@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/util/temp_dir.h"
 #include "nlohmann/json.hpp"
 #include "runtime/local_cluster.h"
 #include "tools/replay/case_io.h"
@@ -17,15 +18,6 @@ namespace came {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "came-e2e-XXXXXX").string();
-    path = mkdtemp(t.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 struct RunResult {
   int exit_code = -1;
@@ -61,7 +53,7 @@ std::vector<float> ReadFloats(const fs::path& path) {
 class E2eTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(E2eTest, TrainingLossDecreases) {
-  TempDir dir;
+  testing::TempDir dir("came-e2e");
   const RunResult r = Launch(GetParam(), "--mode loss --steps 30 --out " + dir.path.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ifstream f(dir.path / "losses.json");
@@ -72,7 +64,7 @@ TEST_P(E2eTest, TrainingLossDecreases) {
 
 TEST_P(E2eTest, SameDataEveryRankEqualsSingleRankEngine) {
   const int world = GetParam();
-  TempDir dir;
+  testing::TempDir dir("came-e2e");
   const int steps = 10;
   const RunResult r = Launch(world, "--mode dump --steps " + std::to_string(steps) + " --out " +
                                         dir.path.string());
@@ -140,7 +132,7 @@ INSTANTIATE_TEST_SUITE_P(Ranks, E2eTest, ::testing::Values(2, 3));
 // reshards to another.
 TEST(E2eCheckpointTest, ANewJobResumesFromTheLatestCheckpoint) {
   for (int resume_world : {2, 3}) {
-    TempDir dir;
+    testing::TempDir dir("came-e2e");
     const std::string ckpt = "--checkpoint-dir " + (dir.path / "ckpt").string();
     const RunResult first =
         Launch(2, "--mode ckpt-save --steps 10 --out " + (dir.path / "a").string(), ckpt);
@@ -165,7 +157,7 @@ TEST(E2eCheckpointTest, ANewJobResumesFromTheLatestCheckpoint) {
 }
 
 TEST(E2eFailureTest, ManifestsThatDifferStopTheJobNamingTheRank) {
-  TempDir dir;
+  testing::TempDir dir("came-e2e");
   const RunResult r = Launch(2, "--mode mismatch --steps 3 --out " + dir.path.string());
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("FAILED_PRECONDITION"), std::string::npos) << r.output;

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/util/temp_dir.h"
 #include "runtime/local_cluster.h"
 #include "tests/runtime/reference_model.h"
 #include "tests/runtime/test_model.h"
@@ -16,15 +17,6 @@ namespace came {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "came-ckpt-XXXXXX").string();
-    path = mkdtemp(t.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::unique_ptr<LocalCluster> Cluster(int world) {
   const auto specs = testing::TestModel();
@@ -77,7 +69,7 @@ absl::Status LoadAll(LocalCluster& c, const std::vector<std::string>& shards) {
 // gradients; the mean is the same only at equal world sizes, so resharded runs below feed
 // every rank the same gradient.
 TEST(CheckpointTest, ResumeAtTheSameWorldSizeIsExact) {
-  TempDir dir;
+  testing::TempDir dir("came-ckpt");
   auto a = Cluster(2);
   ASSERT_NE(a, nullptr);
   Train(*a, 1, 5);
@@ -99,7 +91,7 @@ TEST(CheckpointTest, ResumeAtTheSameWorldSizeIsExact) {
 TEST(CheckpointTest, ResumeWithAnotherWorldSizeReshards) {
   for (int saved_world : {1, 3}) {
     for (int load_world : {2, 4}) {
-      TempDir dir;
+      testing::TempDir dir("came-ckpt");
       auto a = Cluster(saved_world);
       ASSERT_NE(a, nullptr);
       auto same_grad = [](LocalCluster& c, int first, int last) {
@@ -130,7 +122,7 @@ TEST(CheckpointTest, ResumeWithAnotherWorldSizeReshards) {
 }
 
 TEST(CheckpointTest, DamagedOrForeignShardsAreRejectedAndChangeNothing) {
-  TempDir dir;
+  testing::TempDir dir("came-ckpt");
   auto a = Cluster(2);
   ASSERT_NE(a, nullptr);
   Train(*a, 1, 2);
@@ -162,7 +154,7 @@ TEST(CheckpointTest, DamagedOrForeignShardsAreRejectedAndChangeNothing) {
 }
 
 TEST(CheckpointTest, VerifyShardsChecksSizeAndSha256) {
-  TempDir dir;
+  testing::TempDir dir("came-ckpt");
   auto a = Cluster(2);
   ASSERT_NE(a, nullptr);
   Train(*a, 1, 1);

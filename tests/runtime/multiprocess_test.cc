@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/util/temp_dir.h"
 #include "nlohmann/json.hpp"
 #include "runtime/local_cluster.h"
 #include "tests/runtime/reference_model.h"
@@ -29,18 +30,9 @@ using nlohmann::json;
 
 constexpr int kSteps = 10;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "came-mp-XXXXXX").string();
-    path = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
 // Runs W workers to completion (or kills them all after `timeout`); returns their outputs.
 std::vector<json> RunWorkers(int world, const std::vector<std::string>& extra) {
-  TempDir dir;
+  testing::TempDir dir("came-mp");
   fs::create_directories(dir.path / "store");
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
