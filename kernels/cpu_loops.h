@@ -1,8 +1,11 @@
 // The innermost CPU loops of the fused CAME step, over one contiguous run of elements that
 // lies within one row. They are compiled once per instruction set (generic, AVX2+FMA,
 // AVX-512) from the same source, cpu_loops.inc; GetCpuLoops picks the best one this CPU
-// runs. All arithmetic is the shared scalar math of came_math.h; sums are accumulated in
-// double in a fixed order (per SIMD lane, then across lanes), so a run repeats bit for bit.
+// runs. All arithmetic is the shared scalar math of came_math.h. Sums are accumulated in a
+// fixed order (per SIMD lane, then across lanes; Note [Lane sums] in cpu_loops.inc), so a run
+// repeats bit for bit: in double, except the update's sum of squares for the clip (phase 3),
+// which uses float lanes flushed into double every 1,024 elements (float accuracy suffices
+// for an RMS).
 #pragma once
 
 #include <cstdint>
