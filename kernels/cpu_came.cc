@@ -4,7 +4,6 @@
 #include <cassert>
 #include <cmath>
 
-#include "kernels/cpu_loops.h"
 
 namespace came {
 namespace {
@@ -48,8 +47,10 @@ double GradNormScale(double grad_norm, double max_grad_norm) {
   return coef < 1.0 ? coef : 1.0;
 }
 
-CpuCame::CpuCame(std::vector<TensorSlice> slices, int num_threads)
-    : slices_(std::move(slices)), team_(std::make_unique<ThreadTeam>(num_threads)) {
+CpuCame::CpuCame(std::vector<TensorSlice> slices, int num_threads, const cpu::CpuLoops* loops)
+    : slices_(std::move(slices)),
+      loops_(loops != nullptr ? *loops : cpu::GetCpuLoops()),
+      team_(std::make_unique<ThreadTeam>(num_threads)) {
   const int n = static_cast<int>(slices_.size());
   stats_offset_.resize(n);
   int max_group = 0;
@@ -102,7 +103,7 @@ void CpuCame::ReduceThreadSums(std::span<double> out, int64_t count) {
 
 GradSummary CpuCame::GradStats(std::span<double> sums) {
   assert(static_cast<int64_t>(sums.size()) >= stats_size_);
-  const cpu::CpuLoops& loops = cpu::GetCpuLoops();
+  const cpu::CpuLoops& loops = loops_;
   auto body = [&](int t) {
     double* acc = &thread_sums_[t * thread_stride_];
     std::fill(acc, acc + thread_stride_, 0.0);
@@ -174,7 +175,7 @@ void CpuCame::UpdateSecondMoments(std::span<const double> sums,
 }
 
 void CpuCame::UpdateSquares(std::span<double> sum_sq) {
-  const cpu::CpuLoops& loops = cpu::GetCpuLoops();
+  const cpu::CpuLoops& loops = loops_;
   const int n = static_cast<int>(slices_.size());
   auto body = [&](int t) {
     double* acc = &thread_sums_[t * thread_stride_];
@@ -204,7 +205,7 @@ void CpuCame::UpdateSquares(std::span<double> sum_sq) {
 }
 
 void CpuCame::Momentum(std::span<const double> clip_scale, std::span<double> sums) {
-  const cpu::CpuLoops& loops = cpu::GetCpuLoops();
+  const cpu::CpuLoops& loops = loops_;
   for (size_t i = 0; i < slices_.size(); ++i)
     slice_scale_[i] = static_cast<float>(clip_scale[i] * grad_scale_);
   auto body = [&](int t) {
@@ -260,7 +261,7 @@ void CpuCame::UpdateResiduals(std::span<const double> sums) {
 }
 
 void CpuCame::Apply() {
-  const cpu::CpuLoops& loops = cpu::GetCpuLoops();
+  const cpu::CpuLoops& loops = loops_;
   auto body = [&](int t) {
     for (const Run& run : runs_[t]) {
       const TensorSlice& s = slices_[run.slice];

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kernels/came_math.h"
+#include "kernels/cpu_loops.h"
 #include "kernels/dtype.h"
 #include "kernels/geometry.h"
 #include "kernels/thread_pool.h"
@@ -66,12 +67,15 @@ struct GradSummary {
 class CpuCame {
  public:
   // Prepares the phases for these slices on `num_threads` threads (the caller being one).
-  // Slices must be valid (begin < end <= numel, pointers set for their kind).
-  CpuCame(std::vector<TensorSlice> slices, int num_threads);
+  // Slices must be valid (begin < end <= numel, pointers set for their kind). `loops` picks
+  // an instruction set's loops (tests of every ISA); null: the best this CPU runs.
+  CpuCame(std::vector<TensorSlice> slices, int num_threads,
+          const cpu::CpuLoops* loops = nullptr);
   ~CpuCame();
 
   const std::vector<TensorSlice>& slices() const { return slices_; }
   int num_threads() const { return team_->size(); }
+  const char* isa() const { return loops_.isa; }
 
   // Layout of the factored partial sums (phases 1 and 4): slice i's row sums start at
   // stats_offset(i) (rows() entries), its column sums follow (cols() entries). Unfactored
@@ -110,6 +114,7 @@ class CpuCame {
                       float* col_f);
 
   std::vector<TensorSlice> slices_;
+  const cpu::CpuLoops& loops_;
   std::unique_ptr<ThreadTeam> team_;
   std::vector<std::vector<Run>> runs_;  // per thread
   std::vector<int64_t> stats_offset_;

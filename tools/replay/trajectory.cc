@@ -36,7 +36,7 @@ std::vector<double> ToDouble(const std::vector<float>& v) { return {v.begin(), v
 
 }  // namespace
 
-Trajectory RunCpu(const GoldenCase& c, DType grad_dtype, int threads) {
+Trajectory RunCpu(const GoldenCase& c, DType grad_dtype, int threads, const cpu::CpuLoops* loops) {
   const TensorGeometry geom = TensorGeometry::FromShape(c.shape);
   const int64_t n = geom.numel;
   std::vector<float> master(c.param0.begin(), c.param0.end());
@@ -61,7 +61,7 @@ Trajectory RunCpu(const GoldenCase& c, DType grad_dtype, int threads) {
   } else {
     s.exp_avg_sq = exp_avg_sq.data();
   }
-  CpuCame cpu({s}, threads);
+  CpuCame cpu({s}, threads, loops);
   LocalStepper stepper(cpu);
   const CameHyper groups[1] = {c.hyper};
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu_loops.h"
 #include "kernels/dtype.h"
 #include "tools/replay/case_io.h"
 
@@ -26,7 +27,9 @@ Trajectory RunReference(const GoldenCase& c);
 
 // Runs the fused CPU kernels in float32 on `threads` threads, with gradients given to the
 // kernel in `grad_dtype` (rounded from the case's values).
-Trajectory RunCpu(const GoldenCase& c, DType grad_dtype = DType::kFloat32, int threads = 2);
+// `loops` picks an instruction set's loops (null: the best this CPU runs).
+Trajectory RunCpu(const GoldenCase& c, DType grad_dtype = DType::kFloat32, int threads = 2,
+                  const cpu::CpuLoops* loops = nullptr);
 
 // Returns a copy of the case whose gradients are rounded to `t` and back (exact for
 // float32-representable inputs when t is float32).
