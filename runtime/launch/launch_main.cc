@@ -52,7 +52,6 @@ int main(int argc, char** argv) {
       .bin_dir = options->bin_dir.empty() ? exe.parent_path().string() : options->bin_dir,
       .python_path = {(std::filesystem::path(CAME_SOURCE_DIR) / "clients" / "python").string(),
                       (build_dir / "python").string()},
-      .gpu_build = CAME_LAUNCH_GPU_BUILD != 0,
       .interrupt_fd = (*signals)->read_fd()};
   return came::launch::RunLaunch(*options, context);
 }

@@ -11,8 +11,7 @@ namespace came::launch {
 
 struct LaunchOptions {
   int nproc = 0;                     // --nproc N, 1 .. kMaxProcs; required
-  std::string backend;               // --backend gloo|nccl; "" = nccl on a CUDA build with a
-                                     // GPU device present, gloo otherwise
+  std::string backend;               // --backend gloo|nccl; "" = gloo (rankd has no GPU buffers yet)
   int metrics_port = -1;             // --metrics-port P: the coordinator's /metrics on P and
                                      // rank r's on P + 1 + r; -1 = not passed
   int threads_per_rank = 0;          // --threads-per-rank T; 0 = cores / N, at least 1

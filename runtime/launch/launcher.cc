@@ -182,7 +182,9 @@ int Job::Run() {
 
   std::string backend = options_.backend;
   if (backend.empty()) {
-    backend = context_.gpu_build && access("/dev/nvidiactl", F_OK) == 0 ? "nccl" : "gloo";
+    // came-rankd serves host buffers only for now (no CUDA IPC yet), so Gloo is the default
+    // even on a GPU machine; --backend nccl is passed through and refused by rankd clearly.
+    backend = "gloo";
   }
   const int threads = options_.threads_per_rank > 0
                           ? options_.threads_per_rank

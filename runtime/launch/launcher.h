@@ -17,8 +17,6 @@ namespace came::launch {
 struct LaunchContext {
   std::string bin_dir;                   // holds came-coordinator and came-rankd
   std::vector<std::string> python_path;  // prepended to the trainers' PYTHONPATH
-  bool gpu_build = false;                // picks nccl when --backend is not given and a
-                                         // GPU device node exists
   int out_fd = 1;
   int err_fd = 2;
   int interrupt_fd = -1;  // SignalPipe::read_fd()
