@@ -20,9 +20,10 @@
 // Note [16-bit reduction]
 // bf16/fp16 gradients are reduce-scattered in their own dtype, as NCCL does and as FSDP does
 // by default (reduce_dtype = param dtype): each ring hop adds in float and rounds the partial
-// sum to 16 bits, so the wire carries 2 bytes per element. With a world size that is not a
-// power of two, the average therefore differs from the exact mean by a few 16-bit ulps (the
-// updates by about the same relative amount); fp32 gradients are unaffected.
+// sum to 16 bits (the last hop divides by W before it rounds), so the wire carries 2 bytes per
+// element. When the ranks' gradients differ, the average therefore differs from the exact
+// mean by a few 16-bit ulps, and the updates by about the same relative amount; fp32
+// gradients are unaffected.
 // EngineOptions::reduce_in_float32 reduces 16-bit gradients in float32 instead.
 //
 // Thread-safety: Step and the state accessors must be called from one thread at a time.

@@ -431,10 +431,11 @@ absl::Status GlooCommunicator::ReduceScatter(const void* send, void* recv, size_
       CAME_COMM_RETURN_IF_ERROR(
           call.SendRecv(Mod(r + 1, w), outgoing, bytes, Mod(r - 1, w), incoming, bytes, s));
       const char* own = in + static_cast<size_t>(Mod(r - s - 2, w)) * bytes;
-      void* sum = s == w - 2 ? recv : incoming;
-      ReduceElements(sum, incoming, own, recv_count, type, op);
+      const bool last = s == w - 2;
+      // An average divides on the last hop, in the same pass as the last addition.
+      ReduceElements(last ? recv : incoming, incoming, own, recv_count, type, op,
+                     last && op == ReduceOp::kAvg ? w : 1);
     }
-    if (op == ReduceOp::kAvg) DivideInPlace(recv, recv_count, type, w);
     return absl::OkStatus();
   });
 }

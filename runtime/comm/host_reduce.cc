@@ -21,21 +21,28 @@ T Add(T a, T b) {
   }
 }
 
+// divisor > 1 divides each sum (the last hop of an average), in the same pass.
 template <typename T>
-void ReduceTyped(T* out, const T* a, const T* b, size_t n, bool max) {
+void ReduceTyped(T* out, const T* a, const T* b, size_t n, bool max, int divisor) {
   if (max) {
     for (size_t i = 0; i < n; ++i) out[i] = std::max(a[i], b[i]);
-  } else {
+  } else if (divisor == 1) {
     for (size_t i = 0; i < n; ++i) out[i] = Add(a[i], b[i]);
+  } else {
+    const T d = static_cast<T>(divisor);
+    for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(Add(a[i], b[i]) / d);
   }
 }
 
+// 16-bit values are added in float; an average's sum is divided before it is rounded back.
 template <float (*Load)(uint16_t), uint16_t (*Store)(float)>
-void Reduce16(uint16_t* out, const uint16_t* a, const uint16_t* b, size_t n, bool max) {
+void Reduce16(uint16_t* out, const uint16_t* a, const uint16_t* b, size_t n, bool max,
+              int divisor) {
+  const float d = static_cast<float>(divisor);
   for (size_t i = 0; i < n; ++i) {
     const float x = Load(a[i]);
     const float y = Load(b[i]);
-    out[i] = Store(max ? std::max(x, y) : x + y);
+    out[i] = Store(max ? std::max(x, y) : divisor == 1 ? x + y : (x + y) / d);
   }
 }
 
@@ -68,32 +75,32 @@ absl::Status CheckReduceOp(ElemType type, ReduceOp op) {
 }
 
 void ReduceElements(void* out, const void* a, const void* b, size_t count, ElemType type,
-                    ReduceOp op) {
+                    ReduceOp op, int divisor) {
   const bool max = op == ReduceOp::kMax;
   switch (type) {
     case ElemType::kFloat32:
       return ReduceTyped(static_cast<float*>(out), static_cast<const float*>(a),
-                         static_cast<const float*>(b), count, max);
+                         static_cast<const float*>(b), count, max, divisor);
     case ElemType::kFloat64:
       return ReduceTyped(static_cast<double*>(out), static_cast<const double*>(a),
-                         static_cast<const double*>(b), count, max);
+                         static_cast<const double*>(b), count, max, divisor);
     case ElemType::kFloat16:
       return Reduce16<HalfToFloat, FloatToHalf>(static_cast<uint16_t*>(out),
                                                 static_cast<const uint16_t*>(a),
-                                                static_cast<const uint16_t*>(b), count, max);
+                                                static_cast<const uint16_t*>(b), count, max, divisor);
     case ElemType::kBFloat16:
       return Reduce16<BFloat16ToFloat, FloatToBFloat16>(
           static_cast<uint16_t*>(out), static_cast<const uint16_t*>(a),
-          static_cast<const uint16_t*>(b), count, max);
+          static_cast<const uint16_t*>(b), count, max, divisor);
     case ElemType::kInt32:
       return ReduceTyped(static_cast<int32_t*>(out), static_cast<const int32_t*>(a),
-                         static_cast<const int32_t*>(b), count, max);
+                         static_cast<const int32_t*>(b), count, max, divisor);
     case ElemType::kInt64:
       return ReduceTyped(static_cast<int64_t*>(out), static_cast<const int64_t*>(a),
-                         static_cast<const int64_t*>(b), count, max);
+                         static_cast<const int64_t*>(b), count, max, divisor);
     case ElemType::kUInt8:
       return ReduceTyped(static_cast<uint8_t*>(out), static_cast<const uint8_t*>(a),
-                         static_cast<const uint8_t*>(b), count, max);
+                         static_cast<const uint8_t*>(b), count, max, divisor);
   }
 }
 

@@ -19,8 +19,10 @@ namespace came::comm {
 absl::Status CheckReduceOp(ElemType type, ReduceOp op);
 
 // Computes out[i] = op(a[i], b[i]) for i < count; kAvg reduces as kSum. out may alias a or b.
+// With divisor > 1 each sum is divided by it in the same pass (the last step of an average;
+// 16-bit sums are divided in float before they are rounded).
 void ReduceElements(void* out, const void* a, const void* b, size_t count, ElemType type,
-                    ReduceOp op);
+                    ReduceOp op, int divisor = 1);
 
 // Divides count elements of buf by divisor, in place.
 void DivideInPlace(void* buf, size_t count, ElemType type, int divisor);
