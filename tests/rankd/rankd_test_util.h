@@ -1,4 +1,4 @@
-// Helpers shared by the came-rankd tests: the learning-rate schedule they step with and a
+// Helpers shared by the came-rankd tests: the engine tests' learning-rate schedule and a
 // check that a shared-memory segment is gone.
 #pragma once
 
@@ -13,16 +13,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/runtime/reference_model.h"
 #include "tests/runtime/test_model.h"
 
 namespace came::rankd_test {
 
-// One lr per group of TestGroups(): a warm-up over the first three steps, then the groups' lr.
-inline std::vector<double> StepLr(int64_t step) {
-  const double f = step < 4 ? 0.25 * static_cast<double>(step) : 1.0;
-  const auto g = came::testing::TestGroups();
-  return {g[0].lr * f, g[1].lr * f};
-}
+using ::came::testing::StepLr;  // the lr schedule the engine tests step with
 
 // Returns whether the segment exists; any error but ENOENT is a test failure.
 inline bool ShmExists(const std::string& name) {
