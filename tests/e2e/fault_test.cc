@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "grpcpp/security/credentials.h"
 #include "runtime/rankd/rank_client.h"
 
 extern char** environ;
@@ -155,6 +158,63 @@ TEST(FaultTest, KilledRankdFailsTheOtherRankPromptlyNamingIt) {
   EXPECT_NE(rankd[0]->Stderr().find("rank 1"), std::string::npos) << rankd[0]->Stderr();
   std::printf("step 4 on rank 0 failed after %.2f s with: %s\nrankd 0 said:\n%s", seconds,
               r.status().ToString().c_str(), rankd[0]->Stderr().c_str());
+  fs::remove_all(dir);
+}
+
+// came-rankd serves its trainer over TLS with --tls-cert/--tls-key: a client that trusts the
+// certificate attaches and steps; a plaintext client does not get through.
+TEST(RankdTlsTest, TrainerReachesRankdOverTlsOnly) {
+  if (std::system("openssl version > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "the openssl CLI is not installed: cannot make a test certificate";
+  std::string tmpl = (fs::temp_directory_path() / "came-tls-XXXXXX").string();
+  const fs::path dir = mkdtemp(tmpl.data());
+  const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+      " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ofstream(dir / "token") << "tls-test-token\n";
+  const std::string bin = BIN_DIR;
+  auto coordinator = Spawn(dir, "coordinator",
+                           {bin + "/came-coordinator", "--world-size", "1", "--token-file",
+                            (dir / "token").string()});
+  const std::string cline = coordinator->WaitForLine("listening on", std::chrono::seconds(30));
+  ASSERT_FALSE(cline.empty()) << coordinator->Stderr();
+  auto rankd = Spawn(dir, "rankd",
+                     {bin + "/came-rankd", "--coordinator", "127.0.0.1:" + PortOf(cline),
+                      "--token-file", (dir / "token").string(), "--tls-cert", cert, "--tls-key",
+                      key});
+  const std::string line = rankd->WaitForLine("listening on", std::chrono::seconds(30));
+  ASSERT_FALSE(line.empty()) << rankd->Stderr();
+
+  rankd::Manifest m;
+  m.tensors = {{"w", {4, 3}, DType::kFloat32, 0}};
+  CameHyper h;
+  h.lr = 0.01;
+  m.groups = {h};
+  rankd::RankClientOptions o;
+  o.address = "127.0.0.1:" + PortOf(line);
+  o.token = "tls-test-token";
+  o.timeout = absl::Seconds(5);
+  {  // plaintext: refused
+    auto plain = rankd::RankClient::Connect(o);
+    ASSERT_TRUE(plain.ok());
+    EXPECT_EQ((*plain)->Attach(m).code(), absl::StatusCode::kUnavailable);
+  }
+  grpc::SslCredentialsOptions ssl;
+  std::ifstream f(cert);
+  ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  o.credentials = grpc::SslCredentials(ssl);
+  auto client = rankd::RankClient::Connect(o);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Attach(m).ok());
+  ASSERT_TRUE((*client)->SyncParameters().ok());
+  for (float& g : (*client)->grad("w")) g = 0.5f;
+  auto r = (*client)->Step(1, {h.lr});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->skipped);
+  EXPECT_NEAR(r->grad_norm, std::sqrt(12 * 0.25), 1e-6);
   fs::remove_all(dir);
 }
 
