@@ -22,6 +22,7 @@ absl::Status ParseInt(absl::string_view flag, absl::string_view value, int min, 
 
 std::string LaunchUsage() {
   return "usage: came-launch --nproc N [--backend gloo|nccl] [--metrics-port P] [--checkpoint-dir DIR]\n"
+         "                   [--reduce-dtype param|float32]\n"
          "                   [--threads-per-rank T] [--token-file F] [--bin-dir DIR]\n"
          "                   [--log-dir DIR] [--timeout-seconds S]\n"
          "                   [--startup-timeout-seconds S] [--grace-seconds S]\n"
@@ -76,6 +77,12 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
       options.backend = value;
     } else if (flag == "--checkpoint-dir") {
       options.checkpoint_dir = value;
+    } else if (flag == "--reduce-dtype") {
+      if (value != "param" && value != "float32") {
+        status = absl::InvalidArgumentError(
+            absl::StrCat("--reduce-dtype wants param or float32, got '", value, "'"));
+      }
+      options.reduce_in_float32 = value == "float32";
     } else if (flag == "--metrics-port") {
       status = ParseInt(flag, value, 0, 65535 - kMaxProcs - 1, &options.metrics_port);
     } else if (flag == "--threads-per-rank") {

@@ -19,6 +19,9 @@ struct LaunchOptions {
   std::string bin_dir;               // --bin-dir DIR; "" = the launcher's own folder
   std::string log_dir;               // --log-dir DIR; "" = no log files
   std::string checkpoint_dir;        // --checkpoint-dir DIR for the coordinator; "" = off
+  bool reduce_in_float32 = false;    // --reduce-dtype float32 (bf16/fp16 gradients reduced
+                                     // in float32); --reduce-dtype param (the default): in
+                                     // their own dtype
   int timeout_seconds = 0;           // --timeout-seconds S; 0 = no job deadline
   int startup_timeout_seconds = 60;  // --startup-timeout-seconds S: for each daemon's
                                      // "listening on" line

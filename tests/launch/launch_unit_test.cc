@@ -73,6 +73,10 @@ TEST(LaunchOptionsTest, ParsesEveryFlagAndTheCommand) {
                                                      "5",
                                                      "--grace-seconds",
                                                      "0",
+                                                     "--checkpoint-dir",
+                                                     "/c",
+                                                     "--reduce-dtype",
+                                                     "float32",
                                                      "--",
                                                      "python3",
                                                      "-u",
@@ -82,6 +86,8 @@ TEST(LaunchOptionsTest, ParsesEveryFlagAndTheCommand) {
   EXPECT_EQ(o->nproc, 4);
   EXPECT_EQ(o->backend, "nccl");
   EXPECT_EQ(o->metrics_port, 9100);
+  EXPECT_EQ(o->checkpoint_dir, "/c");
+  EXPECT_TRUE(o->reduce_in_float32);
   EXPECT_EQ(o->threads_per_rank, 2);
   EXPECT_EQ(o->token_file, "/t");
   EXPECT_EQ(o->bin_dir, "/b");
@@ -108,6 +114,7 @@ TEST(LaunchOptionsTest, RejectsBadFlagsWithTheirName) {
       {{"--nproc"}, "--nproc needs a value"},
       {{"--nproc", "2", "train.py"}, "after '--'"},
       {{"--nproc", "2", "--metrics-port", "70000", "--", "x"}, "--metrics-port"},
+      {{"--nproc", "2", "--reduce-dtype", "fp8", "--", "x"}, "--reduce-dtype"},
   };
   for (const auto& [args, expected] : cases) {
     absl::StatusOr<LaunchOptions> o = ParseLaunchArgs(args);
