@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,13 +29,29 @@ absl::StatusOr<std::unique_ptr<SharedBuffer>> SharedBuffer::Create(const std::st
   if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos)
     return absl::InvalidArgumentError(absl::StrCat("bad shared-memory name '", name, "'"));
   const size_t map_bytes = bytes == 0 ? 1 : bytes;
+  // Refuse at once what /dev/shm cannot hold: a sparse segment larger than the tmpfs would
+  // otherwise kill the trainer with SIGBUS on first touch (Docker's default is 64 MiB).
+  struct statvfs fs;
+  if (statvfs("/dev/shm", &fs) == 0) {
+    const unsigned long long avail =
+        static_cast<unsigned long long>(fs.f_bavail) * static_cast<unsigned long long>(fs.f_frsize);
+    if (map_bytes > avail)
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "shared memory ", name, " needs ", map_bytes, " bytes but /dev/shm has ", avail,
+          " free (in Docker, raise --shm-size)"));
+  }
   const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
   if (fd < 0) return OsError("cannot create shared memory", name);
-  if (ftruncate(fd, static_cast<off_t>(map_bytes)) != 0) {
-    absl::Status s = OsError("cannot size shared memory", name);
+  // Allocate the pages now, so running out of memory is an error here and not a SIGBUS later.
+  if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(map_bytes)); e != 0) {
     close(fd);
     shm_unlink(name.c_str());
-    return s;
+    if (e == ENOSPC)
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "shared memory ", name, ": /dev/shm has no room for ", map_bytes,
+          " bytes (in Docker, raise --shm-size)"));
+    errno = e;
+    return OsError("cannot allocate shared memory", name);
   }
   void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);

@@ -14,9 +14,10 @@ namespace came::rankd {
 
 class SharedBuffer {
  public:
-  // Creates a new segment of `bytes` zeroed bytes named `name` ("/came-..."); AlreadyExists
-  // when the name is taken, Internal for other OS errors. The segment is unlinked when the
-  // returned object is destroyed.
+  // Creates a new segment of `bytes` zeroed bytes named `name` ("/came-..."), its pages
+  // allocated; AlreadyExists when the name is taken, ResourceExhausted when /dev/shm has no
+  // room for it, Internal for other OS errors. The segment is unlinked when the returned
+  // object is destroyed.
   static absl::StatusOr<std::unique_ptr<SharedBuffer>> Create(const std::string& name,
                                                               size_t bytes);
   // Maps an existing segment (a client). NotFound when there is none; InvalidArgument when

@@ -546,6 +546,19 @@ TEST(RankCoreTest, SecondAttachWhileAttachedIsFailedPrecondition) {
   EXPECT_TRUE(out[0].ok()) << out[0].status();
 }
 
+// A manifest within the limits but far beyond /dev/shm (2^39 float32 = 2 TiB per buffer) is
+// refused at once with ResourceExhausted, instead of a segment that would SIGBUS the trainer
+// on first touch; the rank stays usable.
+TEST(RankCoreTest, BuffersLargerThanDevShmAreResourceExhausted) {
+  auto cores = MakeCores(1);
+  ASSERT_NE(cores, nullptr);
+  Manifest huge = TestManifest();
+  huge.tensors = {{"huge", {int64_t{1} << 20, int64_t{1} << 19}, DType::kFloat32, 0}};
+  ExpectStatus(AttachSync((*cores)[0], huge).status(), absl::StatusCode::kResourceExhausted,
+               "/dev/shm");
+  EXPECT_TRUE(AttachSync((*cores)[0], TestManifest()).ok());
+}
+
 TEST(RankCoreTest, DetachThenAttachAgain) {
   auto cores = MakeCores(2);
   ASSERT_NE(cores, nullptr);
