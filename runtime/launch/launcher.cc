@@ -61,6 +61,25 @@ class TokenFolder {
   std::string dir_;
 };
 
+// Removes the job's shared-memory segments at the end of the job: came-rankd names them
+// /came-<job id>-r<rank>-..., and a daemon killed without a clean exit leaves them behind.
+class ShmSweeper {
+ public:
+  explicit ShmSweeper(std::string job_id) : prefix_("came-" + std::move(job_id) + "-") {}
+  ~ShmSweeper() {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+      if (e.path().filename().string().rfind(prefix_, 0) == 0) {
+        std::error_code ignored;
+        std::filesystem::remove(e.path(), ignored);
+      }
+    }
+  }
+
+ private:
+  std::string prefix_;
+};
+
 absl::StatusOr<std::string> RandomToken() {
   unsigned char bytes[32];
   size_t got = 0;
@@ -180,6 +199,12 @@ int Job::Run() {
       options_.token_file.empty() ? token_folder.Write(*token) : options_.token_file;
   if (!token_file.ok()) return Fail(kExitFailed, token_file.status().message());
 
+  // The job id names the coordinator's job and so every rank's shared memory.
+  absl::StatusOr<std::string> job_id = RandomToken();
+  if (!job_id.ok()) return Fail(kExitFailed, job_id.status().message());
+  job_id->resize(16);
+  ShmSweeper sweeper(*job_id);
+
   std::string backend = options_.backend;
   if (backend.empty()) {
     // came-rankd serves host buffers only for now (no CUDA IPC yet), so Gloo is the default
@@ -207,6 +232,8 @@ int Job::Run() {
   std::vector<std::string> coordinator_args = {"--listen",      "127.0.0.1:0",  "--world-size",
                                                absl::StrCat(n), "--token-file", *token_file,
                                                "--backend",     backend};
+  coordinator_args.push_back("--job-id");
+  coordinator_args.push_back(*job_id);
   if (!options_.checkpoint_dir.empty()) {
     coordinator_args.push_back("--checkpoint-dir");
     coordinator_args.push_back(options_.checkpoint_dir);

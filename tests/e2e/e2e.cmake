@@ -31,3 +31,10 @@ if(CAME_PROMTOOL)
            COMMAND ${CAME_PROMTOOL} check config ${PROJECT_SOURCE_DIR}/deploy/prometheus/prometheus.yml)
   set_tests_properties(deploy_prometheus_config PROPERTIES LABELS "deploy")
 endif()
+
+# A SIGKILLed rankd leaves shared memory that came-launch removes at the end of the job.
+if(TARGET came_launch AND TARGET came-cpp-trainer)
+  add_test(NAME shm_cleanup_test
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/shm_cleanup_test.sh ${CMAKE_RUNTIME_OUTPUT_DIRECTORY})
+  set_tests_properties(shm_cleanup_test PROPERTIES LABELS "e2e;fault" TIMEOUT 120)
+endif()

@@ -209,7 +209,8 @@ TEST_F(LaunchTest, PrefixesOutputAndPassesTheEnvironment) {
   const std::string token_file = (dir_ / "token").string();
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat(
                            "[coordinator] args: --listen 127.0.0.1:0 --world-size 2 --token-file ",
-                           token_file, " --backend gloo --metrics-port 9100\n")));
+                           token_file, " --backend gloo --job-id ")));
+  EXPECT_THAT(run.out, HasSubstr(" --metrics-port 9100\n"));
   EXPECT_THAT(run.out, HasSubstr("[coordinator] came-coordinator listening on 127.0.0.1:4100\n"));
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat(
                            "[rankd 1] args: --coordinator 127.0.0.1:4100 --token-file ", token_file,
