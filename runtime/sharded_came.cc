@@ -253,8 +253,14 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   auto t0 = Clock::now();
   if (!grad_f32_.empty()) {
     // Note [16-bit reduction]: widen the whole gradient buffer, then reduce in float32.
-    for (int64_t i = 0; i < plan_.padded_size; ++i)
-      grad_f32_[i] = LoadAsFloat(grads_, plan_.dtype, i);
+    const uint16_t* g16 = reinterpret_cast<const uint16_t*>(grads_);
+    float* f = grad_f32_.data();
+    const int64_t n = plan_.padded_size;
+    if (plan_.dtype == DType::kBFloat16) {
+      for (int64_t i = 0; i < n; ++i) f[i] = BFloat16ToFloat(g16[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) f[i] = HalfToFloat(g16[i]);
+    }
     if (plan_.world_size > 1) {
       float* mine = grad_f32_.data() + rank_ * plan_.chunk_size;
       if (absl::Status s = comm_->ReduceScatter(grad_f32_.data(), mine, plan_.chunk_size,

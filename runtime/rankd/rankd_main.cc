@@ -207,18 +207,9 @@ absl::Status Run() {
 }  // namespace came::rankd
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  return came::service::RunMain(
+      argc, argv, "came-rankd",
       "came-rankd --coordinator=HOST:PORT --token-file=F [--rank=R] [--world-size=N] "
-      "[--listen=HOST:PORT] [flags]\nFlags may be spelled --world-size or --world_size.");
-  std::vector<std::string> args = came::service::NormalizeFlagNames(argc, argv);
-  std::vector<char*> ptrs;
-  for (std::string& a : args) ptrs.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
-  absl::Status status = came::rankd::Run();
-  if (!status.ok()) {
-    std::cerr << "came-rankd: " << status.message() << " [" << absl::StatusCodeToString(status.code())
-              << "]" << std::endl;
-    return 1;
-  }
-  return 0;
+      "[--listen=HOST:PORT] [flags]",
+      &came::rankd::Run);
 }

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
@@ -83,6 +86,21 @@ std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
     std::replace(a.begin() + 2, a.begin() + end, '-', '_');
   }
   return args;
+}
+
+int RunMain(int argc, char** argv, const char* program, const char* usage,
+            absl::Status (*run)()) {
+  absl::SetProgramUsageMessage(absl::StrCat(
+      usage, "\nFlags may be spelled --flag-name or --flag_name."));
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> ptrs;
+  for (std::string& a : args) ptrs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  const absl::Status status = run();
+  if (status.ok()) return 0;
+  std::cerr << program << ": " << status.message() << " ["
+            << absl::StatusCodeToString(status.code()) << "]" << std::endl;
+  return 1;
 }
 
 }  // namespace came::service

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -31,5 +32,10 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
 // Returns argv with "--flag-name" spelled "--flag_name" (absl's spelling), so both work;
 // arguments after "--" are left alone.
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
+
+// The main() of a job binary: sets the usage text, parses the absl flags (either spelling),
+// runs `run`, and on failure prints "<program>: <message> [<CODE>]" on stderr and returns 1.
+int RunMain(int argc, char** argv, const char* program, const char* usage,
+            absl::Status (*run)());
 
 }  // namespace came::service

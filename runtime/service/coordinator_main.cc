@@ -101,17 +101,8 @@ absl::Status Run() {
 }  // namespace came::service
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "came-coordinator --world-size=N --token=SECRET [--listen=HOST:PORT] [flags]\n"
-      "Flags may be spelled --world-size or --world_size.");
-  std::vector<std::string> args = came::service::NormalizeFlagNames(argc, argv);
-  std::vector<char*> arg_ptrs;
-  for (std::string& a : args) arg_ptrs.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
-  absl::Status status = came::service::Run();
-  if (!status.ok()) {
-    std::cerr << "came-coordinator: " << status << std::endl;
-    return 1;
-  }
-  return 0;
+  return came::service::RunMain(
+      argc, argv, "came-coordinator",
+      "came-coordinator --world-size=N --token=SECRET [--listen=HOST:PORT] [flags]",
+      &came::service::Run);
 }
