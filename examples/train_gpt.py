@@ -6,7 +6,7 @@
 
 With --optimizer came every rank is one trainer process; came-launch gives it CAME_RANK,
 CAME_WORLD_SIZE, CAME_RANKD_ADDRESS and CAME_TOKEN (the flags override them), and its
-optimizer is came_client.ShardedCAME: CAME's state lives in the ranks' came-rankd, sharded,
+optimizer is came.ShardedCAME: CAME's state lives in the ranks' came-rankd, sharded,
 and rankd averages the gradients. --optimizer adamw is the baseline: torch.optim.AdamW in
 one process on the global batch (world size x batch size).
 
@@ -190,7 +190,7 @@ def make_optimizer(args, model, env):
         groups = [{"params": [p for _, p in g["params"]], "weight_decay": g["weight_decay"]}
                   for g in param_groups(model, args.weight_decay)]
         return torch.optim.AdamW(groups, lr=args.lr)
-    from came_client import ShardedCAME  # only the CAME path needs the service
+    from came import ShardedCAME  # only the CAME path needs the service
     return ShardedCAME(param_groups(model, args.weight_decay), lr=args.lr,
                        max_grad_norm=args.max_grad_norm, address=env.address,
                        token=env.token, timeout=args.timeout)
@@ -240,10 +240,10 @@ def parse_args(argv=None):
 def launch_settings(args):
     """Returns rank, world size, rankd address and token: flags, else came-launch's env."""
     if args.optimizer == "came":
-        from came_client import launch_env
+        from came import launch_env
         return launch_env(args.rank, args.world_size, args.rankd_address, args.token)
 
-    class Env:  # AdamW runs alone and needs no came_client
+    class Env:  # AdamW runs alone and needs no service client
         rank = 0
         world_size = args.world_size or int(os.environ.get("CAME_WORLD_SIZE") or 1)
         address = token = None

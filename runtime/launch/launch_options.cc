@@ -30,7 +30,7 @@ std::string LaunchUsage() {
          "Starts came-coordinator, N came-rankd and N trainers on this machine, prefixes\n"
          "their output with [role rank], and stops them all when one fails or on\n"
          "SIGINT/SIGTERM. Trainers get CAME_RANK, CAME_WORLD_SIZE, CAME_RANKD_ADDRESS,\n"
-         "CAME_COORDINATOR_ADDRESS, CAME_TOKEN and a PYTHONPATH that finds came_client.\n"
+         "CAME_COORDINATOR_ADDRESS, CAME_TOKEN and a PYTHONPATH that finds the came package.\n"
          "Exit status: 0 when every trainer exits 0; 1 when a process fails; 2 for bad\n"
          "arguments or a command that cannot run; 124 on --timeout-seconds; 128+n on\n"
          "signal n.\n";

@@ -1,4 +1,4 @@
-// End-to-end: real trainers (PyTorch through came_client) under came-launch, with a
+// End-to-end: real trainers (PyTorch through came.ShardedCAME) under came-launch, with a
 // coordinator and one came-rankd per rank, all separate processes on 127.0.0.1.
 #include <sys/wait.h>
 

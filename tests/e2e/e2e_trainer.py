@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import came_client
+import came
 
 
 def model_and_data(seed, n=64):
@@ -44,7 +44,7 @@ def main():
     decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2]
     no_decay = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.dim() == 2)]
     names = {id(p): n for n, p in model.named_parameters()}
-    opt = came_client.ShardedCAME(
+    opt = came.ShardedCAME(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=a.lr)
     os.makedirs(a.out, exist_ok=True)

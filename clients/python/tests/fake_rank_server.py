@@ -23,8 +23,8 @@ import grpc
 import numpy as np
 import torch
 
-from came_client._proto import common_pb2, rank_pb2, rank_pb2_grpc
-from came_client.shm import SHM_DIR
+from came._proto import common_pb2, rank_pb2, rank_pb2_grpc
+from came.shm import SHM_DIR
 
 _STORAGE = {common_pb2.DTYPE_FLOAT32: np.float32, common_pb2.DTYPE_BFLOAT16: np.int16,
             common_pb2.DTYPE_FLOAT16: np.float16}

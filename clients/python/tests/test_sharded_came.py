@@ -9,7 +9,7 @@ import grpc
 import torch
 from torch import nn
 
-from came_client import CameError, ShardedCAME
+from came import CameError, ShardedCAME
 from tests.fake_rank_server import FakeRankServer
 
 LR = 0.1

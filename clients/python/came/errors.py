@@ -1,4 +1,4 @@
-"""Errors raised by came_client."""
+"""Errors raised by came."""
 
 import grpc
 

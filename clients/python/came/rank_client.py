@@ -2,7 +2,7 @@
 
 Every call carries ("authorization", "Bearer <token>") and a deadline; a failed call raises
 CameError with the gRPC code and the server's message. Requests and responses are the
-generated proto messages (came_client._proto.rank_pb2).
+generated proto messages (came._proto.rank_pb2).
 """
 
 import grpc

@@ -190,7 +190,7 @@ class ShardedCAME(Optimizer):
         proto_dtype(self._params[0].dtype)  # TypeError for an unsupported dtype
         for name, p in zip(self.param_names, self._params):
             if p.device.type != "cpu":
-                raise ValueError("parameter %s is on %s; came_client shares host memory "
+                raise ValueError("parameter %s is on %s; came.ShardedCAME shares host memory "
                                  "with rankd, so parameters must be on the CPU" % (name, p.device))
         return self._params[0].dtype
 

@@ -59,7 +59,7 @@ class SharedTensorBuffer:
 
     def __init__(self, buffer, numel):
         if buffer.cuda_ipc_handle or buffer.device not in (-1,):
-            raise NotImplementedError("came_client maps host (shared-memory) buffers only; "
+            raise NotImplementedError("came.ShardedCAME maps host (shared-memory) buffers only; "
                                       "rankd offered a CUDA buffer on device %d" % buffer.device)
         self.name = buffer.name
         self.dtype = torch_dtype(buffer.dtype)
