@@ -1,5 +1,5 @@
 // The fused CAME step on the CPU, in float32 math, split into the phases that the sharded
-// engine runs with collectives in between (DESIGN.md, "One optimizer step").
+// engine runs with collectives in between (docs/design.md, "One optimizer step").
 //
 // Note [Phases]
 // One step over a rank's slices is:
@@ -74,6 +74,11 @@ class CpuCame {
   ~CpuCame();
 
   const std::vector<TensorSlice>& slices() const { return slices_; }
+
+  // Points slice i at other buffers of the same tensor between steps: copies only the buffer
+  // pointers of `buffers` (grad, master, param, exp_avg*), keeping the geometry, range, group
+  // and dtypes fixed at construction. Allocates nothing.
+  void RebindBuffers(int i, const TensorSlice& buffers);
   int num_threads() const { return team_->size(); }
   const char* isa() const { return loops_.isa; }
 

@@ -1,5 +1,5 @@
 // The double-precision reference implementation of CAME: the oracle for every fast path.
-// Written literally from the algorithm (DESIGN.md, "The algorithm"), one tensor at a time,
+// Written literally from the algorithm (docs/design.md, "The algorithm"), one tensor at a time,
 // with no fusion and no cleverness; it calls the shared scalar math in came_math.h with
 // T = double.
 #pragma once

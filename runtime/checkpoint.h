@@ -1,4 +1,4 @@
-// Checkpoint shards of the sharded engine (DESIGN.md, "Failures").
+// Checkpoint shards of the sharded engine (docs/design.md, "Failures").
 //
 // Note [Shard files]
 // Each rank writes one file in the safetensors layout (8-byte little-endian header length, a

@@ -1,5 +1,5 @@
 // The shard plan: how the flat parameter and gradient buffers are laid out and split into W
-// equal contiguous chunks, one per rank (Note [Chunk boundaries] in DESIGN.md and below).
+// equal contiguous chunks, one per rank (Note [Chunk boundaries] in docs/design.md and below).
 //
 // Note [Chunk boundaries]
 // Tensors are laid out in the order given, each starting at a multiple of `alignment`

@@ -1,4 +1,4 @@
-// came-rankd: one rank of a job (DESIGN.md, "Processes"). Joins the coordinator, connects to
+// came-rankd: one rank of a job (docs/design.md, "Processes"). Joins the coordinator, connects to
 // the other ranks (Gloo through the coordinator's store), hosts the ShardedCame engine and
 // serves came.v1.Rank to its trainer. Prints one line "came-rankd rank R listening on
 // HOST:PORT" on stdout once serving. Stops on SIGINT/SIGTERM (exit 0) or when the job fails

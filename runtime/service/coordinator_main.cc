@@ -1,4 +1,4 @@
-// came-coordinator: the job's coordinator (DESIGN.md, "Processes"). Serves
+// came-coordinator: the job's coordinator (docs/design.md, "Processes"). Serves
 // came.v1.Coordinator on --listen and, with --metrics-port, Prometheus metrics on the same
 // host. Prints one line "came-coordinator listening on HOST:PORT" on stdout once serving,
 // so launchers can read the bound port. Stops cleanly on SIGINT or SIGTERM.

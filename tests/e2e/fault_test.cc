@@ -1,4 +1,4 @@
-// Failure handling across real processes (DESIGN.md, "Failures"): a coordinator and two
+// Failure handling across real processes (docs/design.md, "Failures"): a coordinator and two
 // came-rankd, the two trainers being RankClients in this process. When rank 1's daemon is
 // SIGKILLed mid-training, rank 0's next step fails promptly instead of hanging, and rank 0's
 // daemon exits non-zero with an error that names rank 1 once its lease has expired.
