@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/hyper_check.h"
 
 namespace came {
 namespace {
@@ -17,18 +18,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 absl::Status ValidateHyper(const CameHyper& h, size_t g) {
-  const std::string where = absl::StrCat("parameter group ", g, ": ");
-  const double values[] = {h.lr, h.eps1, h.eps2, h.clip_threshold,
-                           h.beta1, h.beta2, h.beta3, h.weight_decay};
-  for (double v : values)
-    if (!std::isfinite(v)) return absl::InvalidArgumentError(where + "hyperparameters must be finite");
-  if (h.lr < 0) return absl::InvalidArgumentError(where + "lr must be >= 0");
-  if (h.eps1 < 0 || h.eps2 < 0) return absl::InvalidArgumentError(where + "eps must be >= 0");
-  if (h.clip_threshold <= 0) return absl::InvalidArgumentError(where + "clip_threshold must be > 0");
-  for (double b : {h.beta1, h.beta2, h.beta3})
-    if (b < 0 || b >= 1) return absl::InvalidArgumentError(where + "betas must be in [0, 1)");
-  if (h.weight_decay < 0) return absl::InvalidArgumentError(where + "weight_decay must be >= 0");
-  return absl::OkStatus();
+  const std::string error = HyperError(h);
+  if (error.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("parameter group ", g, ": ", error));
 }
 
 comm::ElemType ElemTypeOf(DType t) {

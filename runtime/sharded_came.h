@@ -1,4 +1,4 @@
-// ShardedCame: one rank's part of a ZeRO-style CAME optimizer (DESIGN.md, "One optimizer
+// ShardedCame: one rank's part of a ZeRO-style CAME optimizer (docs/design.md, "One optimizer
 // step"). The only place where kernels and communicators meet.
 //
 // Ownership: the flat parameter and gradient buffers (ShardPlan::padded_size elements of the
@@ -46,8 +46,8 @@
 
 namespace came {
 
-// Returns InvalidArgument naming group `g` unless its hyperparameters are usable: finite,
-// lr >= 0, eps >= 0, clip_threshold > 0, betas in [0, 1), weight_decay >= 0.
+// Returns InvalidArgument naming group `g` unless its hyperparameters are usable
+// (HyperError, kernels/hyper_check.h: the one check every entry point shares).
 absl::Status ValidateHyper(const CameHyper& h, size_t g);
 
 // Returns the communicator element type of a parameter dtype.

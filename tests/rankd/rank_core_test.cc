@@ -661,7 +661,7 @@ std::vector<BadManifest> BadManifests() {
   with("negative lr", "group 1: lr must be >= 0", [](Manifest& m) { m.groups[1].lr = -0.01; });
   with("clip 0", "group 0: clip_threshold must be > 0",
        [](Manifest& m) { m.groups[0].clip_threshold = 0.0; });
-  with("negative eps", "group 1: eps must be >= 0", [](Manifest& m) { m.groups[1].eps2 = -1e-16; });
+  with("negative eps", "group 1: eps must be > 0", [](Manifest& m) { m.groups[1].eps2 = -1e-16; });
   with("negative weight decay", "group 0: weight_decay must be >= 0",
        [](Manifest& m) { m.groups[0].weight_decay = -0.01; });
   with("NaN lr", "group 1: hyperparameters must be finite",
