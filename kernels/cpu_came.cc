@@ -92,6 +92,19 @@ CpuCame::CpuCame(std::vector<TensorSlice> slices, int num_threads, const cpu::Cp
 
 CpuCame::~CpuCame() = default;
 
+void CpuCame::RebindBuffers(int i, const TensorSlice& buffers) {
+  TensorSlice& s = slices_[i];
+  s.grad = buffers.grad;
+  s.master = buffers.master;
+  s.param = buffers.param;
+  s.exp_avg = buffers.exp_avg;
+  s.exp_avg_sq = buffers.exp_avg_sq;
+  s.exp_avg_sq_row = buffers.exp_avg_sq_row;
+  s.exp_avg_sq_col = buffers.exp_avg_sq_col;
+  s.exp_avg_res_row = buffers.exp_avg_res_row;
+  s.exp_avg_res_col = buffers.exp_avg_res_col;
+}
+
 void CpuCame::ReduceThreadSums(std::span<double> out, int64_t count) {
   const int threads = team_->size();
   for (int64_t k = 0; k < count; ++k) {

@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "kernels/came_math.h"
 #include "kernels/capi/came_capi.h"
 
 namespace came::capi {
@@ -33,6 +34,18 @@ class Backend {
   // Copies the last step's result (came_optimizer_last_result).
   virtual Error LastResult(came_step_result* result) = 0;
 };
+
+// Returns the hyperparameters of a came_hyper as the kernels' CameHyper.
+inline CameHyper ToCameHyper(const came_hyper& h) {
+  return CameHyper{.lr = h.lr,
+                   .eps1 = h.eps1,
+                   .eps2 = h.eps2,
+                   .clip_threshold = h.clip_threshold,
+                   .beta1 = h.beta1,
+                   .beta2 = h.beta2,
+                   .beta3 = h.beta3,
+                   .weight_decay = h.weight_decay};
+}
 
 // Creates the CPU backend for these (validated) tensors.
 std::unique_ptr<Backend> CreateCpuBackend(std::span<const came_tensor_desc> tensors,
