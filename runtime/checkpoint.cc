@@ -1,202 +1,76 @@
 #include "runtime/checkpoint.h"
 
-#include <fcntl.h>
-#include <openssl/evp.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cstring>
-#include <filesystem>
-#include <fstream>
+#include <algorithm>
 #include <map>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "nlohmann/json.hpp"
+#include "kernels/geometry.h"
 
 namespace came {
 namespace {
 
-using nlohmann::json;
-
-struct Entry {
-  std::string name;
-  std::span<const float> data;
+struct Piece {
+  int64_t begin, end;
+  size_t shard;
 };
 
-std::string Hex(const unsigned char* p, size_t n) {
-  static const char* kDigits = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    s.push_back(kDigits[p[i] >> 4]);
-    s.push_back(kDigits[p[i] & 15]);
+absl::StatusOr<std::vector<OpenedShard>> OpenAll(const std::vector<std::string>& paths,
+                                                 const CheckpointManifest* manifest) {
+  std::vector<OpenedShard> shards;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    auto s = OpenShard(paths[i], manifest ? manifest->shard_bytes[i] : -1);
+    if (!s.ok()) return s.status();
+    if (manifest && (s->header.step != manifest->step || s->header.world_size != manifest->world_size))
+      return absl::DataLossError(absl::StrCat(
+          paths[i], " is a shard of step ", s->header.step, " at world size ",
+          s->header.world_size, "; its manifest ", manifest->path, " says step ", manifest->step,
+          " at world size ", manifest->world_size));
+    shards.push_back(*std::move(s));
   }
-  return s;
+  return shards;
 }
 
-absl::Status Os(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-// Writes all of `data` to fd and feeds it to the digest.
-absl::Status WriteAll(int fd, const void* data, size_t n, EVP_MD_CTX* md, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  EVP_DigestUpdate(md, p, n);
-  while (n > 0) {
-    const ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Os("cannot write", path);
+// Checks that the pieces of every tensor in the shards cover it exactly once.
+absl::Status CheckCoverage(const std::vector<OpenedShard>& shards) {
+  std::map<std::string, std::vector<Piece>> pieces;
+  std::map<std::string, int64_t> numel;
+  for (size_t i = 0; i < shards.size(); ++i)
+    for (const auto& [name, t] : shards[i].header.tensors) {
+      pieces[name].push_back({t.begin, t.end, i});
+      auto [it, fresh] = numel.emplace(name, t.numel);
+      if (!fresh && it->second != t.numel)
+        return absl::DataLossError(absl::StrCat(shards[i].file.path, ": tensor '", name, "' has ",
+                                                t.numel, " elements; another shard says ", it->second));
     }
-    p += w;
-    n -= static_cast<size_t>(w);
+  for (auto& [name, list] : pieces) {
+    std::sort(list.begin(), list.end(), [](const Piece& a, const Piece& b) { return a.begin < b.begin; });
+    int64_t next = 0;
+    for (const Piece& p : list) {
+      if (p.begin < next)
+        return absl::DataLossError(absl::StrCat(
+            shards[p.shard].file.path, " holds elements [", p.begin, ", ", p.end, ") of tensor '",
+            name, "', which overlap another shard's"));
+      if (p.begin > next)
+        return absl::DataLossError(absl::StrCat("no shard holds elements [", next, ", ", p.begin,
+                                                ") of tensor '", name, "' (", shards[p.shard].file.path, " starts after them)"));
+      next = p.end;
+    }
+    if (next != numel[name])
+      return absl::DataLossError(absl::StrCat("no shard holds elements [", next, ", ", numel[name],
+                                              ") of tensor '", name, "'"));
   }
   return absl::OkStatus();
 }
 
-// One shard's header: tensor entries and the ranges of the pieces.
-struct ShardIndex {
-  std::string path;
-  uint64_t data_start = 0;
-  std::map<std::string, std::pair<uint64_t, uint64_t>> entries;  // name -> byte range in data
-  std::map<std::string, std::pair<int64_t, int64_t>> ranges;     // tensor -> [begin, end)
-};
-
-absl::StatusOr<ShardIndex> ReadIndex(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot read checkpoint shard ", path));
-  uint64_t n = 0;
-  f.read(reinterpret_cast<char*>(&n), 8);
-  if (!f || n > (1ull << 31)) return absl::DataLossError(absl::StrCat(path, ": bad header length"));
-  std::string header(n, '\0');
-  f.read(header.data(), static_cast<std::streamsize>(n));
-  if (!f) return absl::DataLossError(absl::StrCat(path, ": truncated header"));
-  json h = json::parse(header, nullptr, false);
-  if (h.is_discarded() || !h.is_object())
-    return absl::DataLossError(absl::StrCat(path, ": the header is not JSON"));
-  ShardIndex idx;
-  idx.path = path;
-  idx.data_start = 8 + n;
-  for (auto it = h.begin(); it != h.end(); ++it) {
-    if (it.key() == "__metadata__") {
-      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
-        const std::string k = m.key();
-        if (k.size() < 6 || k.substr(k.size() - 6) != "/range" || !m.value().is_string()) continue;
-        std::vector<std::string> parts = absl::StrSplit(m.value().get<std::string>(), ',');
-        int64_t b = 0, e = 0;
-        if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &b) || !absl::SimpleAtoi(parts[1], &e))
-          return absl::DataLossError(absl::StrCat(path, ": bad range of ", k));
-        idx.ranges[k.substr(0, k.size() - 6)] = {b, e};
-      }
-      continue;
-    }
-    const json& e = it.value();
-    if (!e.is_object() || e.value("dtype", "") != "F32" || !e.contains("data_offsets"))
-      return absl::DataLossError(absl::StrCat(path, ": bad entry ", it.key()));
-    idx.entries[it.key()] = {e["data_offsets"][0].get<uint64_t>(), e["data_offsets"][1].get<uint64_t>()};
-  }
-  return idx;
-}
-
-// Reads floats [first, first + count) of entry `name` (which holds floats from its start).
-absl::Status ReadFloats(const ShardIndex& idx, const std::string& name, int64_t first,
-                        int64_t count, float* out) {
-  auto it = idx.entries.find(name);
-  if (it == idx.entries.end())
-    return absl::DataLossError(absl::StrCat(idx.path, ": no entry ", name));
-  const uint64_t off = it->second.first + static_cast<uint64_t>(first) * 4;
-  if (off + static_cast<uint64_t>(count) * 4 > it->second.second)
-    return absl::DataLossError(absl::StrCat(idx.path, ": entry ", name, " is too short"));
-  std::ifstream f(idx.path, std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(idx.data_start + off));
-  f.read(reinterpret_cast<char*>(out), count * 4);
-  if (!f) return absl::DataLossError(absl::StrCat(idx.path, ": truncated data of ", name));
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
-                                     const std::string& path) {
+absl::StatusOr<PendingLoad> Read(const ShardedCame& engine, const std::vector<OpenedShard>& shards) {
   const ShardPlan& plan = engine.plan();
-  std::vector<Entry> entries;
-  json meta = json::object();
-  meta["format"] = "came-shard";
-  meta["step"] = std::to_string(step);
-  meta["world_size"] = std::to_string(plan.world_size);
-  for (size_t t = 0; t < plan.tensors.size(); ++t) {
-    const TensorStateView v = engine.tensor_state(static_cast<int>(t));
-    if (v.end <= v.begin) continue;
-    const std::string& n = plan.tensors[t].spec.name;
-    meta[n + "/range"] = absl::StrCat(v.begin, ",", v.end);
-    meta[n + "/numel"] = std::to_string(plan.tensors[t].geom.numel);
-    entries.push_back({n + "/master", v.master});
-    entries.push_back({n + "/exp_avg", v.exp_avg});
-    if (!v.exp_avg_sq.empty()) entries.push_back({n + "/exp_avg_sq", v.exp_avg_sq});
-    if (!v.exp_avg_sq_row.empty()) {
-      entries.push_back({n + "/exp_avg_sq_row", v.exp_avg_sq_row});
-      entries.push_back({n + "/exp_avg_sq_col", v.exp_avg_sq_col});
-      entries.push_back({n + "/exp_avg_res_row", v.exp_avg_res_row});
-      entries.push_back({n + "/exp_avg_res_col", v.exp_avg_res_col});
-    }
-  }
-  json header = json::object();
-  uint64_t offset = 0;
-  for (const Entry& e : entries) {
-    const uint64_t bytes = e.data.size() * sizeof(float);
-    header[e.name] = {{"dtype", "F32"}, {"shape", {e.data.size()}}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  header["__metadata__"] = meta;
-  std::string text = header.dump();
-  while ((8 + text.size()) % 8 != 0) text.push_back(' ');  // align the data
-  const uint64_t n = text.size();
-
-  const std::string tmp = path + ".tmp";
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Os("cannot create", tmp);
-  EVP_MD_CTX* md = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
-  absl::Status s = WriteAll(fd, &n, 8, md, tmp);
-  if (s.ok()) s = WriteAll(fd, text.data(), text.size(), md, tmp);
-  for (const Entry& e : entries)
-    if (s.ok()) s = WriteAll(fd, e.data.data(), e.data.size() * sizeof(float), md, tmp);
-  if (s.ok() && fsync(fd) != 0) s = Os("cannot fsync", tmp);
-  close(fd);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(md, digest, &len);
-  EVP_MD_CTX_free(md);
-  if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) s = Os("cannot rename to", path);
-  if (!s.ok()) {
-    unlink(tmp.c_str());
-    return s;
-  }
-  ShardFile out;
-  out.path = path;
-  out.bytes = static_cast<int64_t>(8 + n + offset);
-  out.sha256 = Hex(digest, len);
-  return out;
-}
-
-absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
-                                       const std::vector<std::string>& shard_paths) {
-  std::vector<ShardIndex> shards;
-  for (const std::string& p : shard_paths) {
-    auto idx = ReadIndex(p);
-    if (!idx.ok()) return idx.status();
-    shards.push_back(*std::move(idx));
-  }
-  const ShardPlan& plan = engine.plan();
-  using Loaded = PendingLoad::Tensor;
   PendingLoad out;
   for (size_t t = 0; t < plan.tensors.size(); ++t) {
     const TensorStateView mine = engine.tensor_state(static_cast<int>(t));
     if (mine.end <= mine.begin) continue;
     const auto& tensor = plan.tensors[t];
     const std::string& n = tensor.spec.name;
-    Loaded l;
+    PendingLoad::Tensor l;
     l.tensor = static_cast<int>(t);
     const int64_t len = mine.end - mine.begin;
     l.master.assign(len, 0.0f);
@@ -204,17 +78,22 @@ absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
     if (!tensor.geom.factored) l.exp_avg_sq.assign(len, 0.0f);
     int64_t covered = 0;
     bool have_stats = !tensor.geom.factored;
-    for (const ShardIndex& sh : shards) {
-      auto r = sh.ranges.find(n);
-      if (r == sh.ranges.end()) continue;
-      const int64_t lo = std::max(mine.begin, r->second.first);
-      const int64_t hi = std::min(mine.end, r->second.second);
+    for (const OpenedShard& sh : shards) {
+      auto it = sh.header.tensors.find(n);
+      if (it == sh.header.tensors.end()) continue;
+      const ShardTensor& piece = it->second;
+      if (piece.shape != tensor.spec.shape)
+        return absl::FailedPreconditionError(absl::StrCat(
+            sh.file.path, " holds tensor '", n, "' with shape ", ShapeString(piece.shape),
+            "; the model's is ", ShapeString(tensor.spec.shape), ": was it written for another model?"));
+      const int64_t lo = std::max(mine.begin, piece.begin);
+      const int64_t hi = std::min(mine.end, piece.end);
       if (lo < hi) {
-        const int64_t first = lo - r->second.first, count = hi - lo, at = lo - mine.begin;
+        const int64_t first = lo - piece.begin, count = hi - lo, at = lo - mine.begin;
         for (auto [kind, dst] : {std::pair{"/master", &l.master}, std::pair{"/exp_avg", &l.exp_avg},
                                  std::pair{"/exp_avg_sq", &l.exp_avg_sq}}) {
           if (dst->empty()) continue;
-          if (absl::Status s = ReadFloats(sh, n + kind, first, count, dst->data() + at); !s.ok())
+          if (absl::Status s = ReadShardFloats(sh, n + kind, first, count, dst->data() + at); !s.ok())
             return s;
         }
         covered += count;
@@ -227,7 +106,7 @@ absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
         for (auto [kind, dst] : {std::pair{"/exp_avg_sq_row", &l.sq_row}, std::pair{"/exp_avg_sq_col", &l.sq_col},
                                  std::pair{"/exp_avg_res_row", &l.res_row},
                                  std::pair{"/exp_avg_res_col", &l.res_col}}) {
-          if (absl::Status s = ReadFloats(sh, n + kind, 0, static_cast<int64_t>(dst->size()), dst->data());
+          if (absl::Status s = ReadShardFloats(sh, n + kind, 0, static_cast<int64_t>(dst->size()), dst->data());
               !s.ok())
             return s;
         }
@@ -241,6 +120,53 @@ absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
     out.tensors.push_back(std::move(l));
   }
   return out;
+}
+
+absl::StatusOr<PendingLoad> ReadChecked(const ShardedCame& engine, const std::vector<std::string>& paths,
+                                        const CheckpointManifest* manifest) {
+  auto shards = OpenAll(paths, manifest);
+  if (!shards.ok()) return shards.status();
+  // A manifest lists the whole checkpoint, whose pieces must cover every tensor exactly once;
+  // a bare list of paths may be a subset (then this rank's range must still be covered).
+  if (manifest != nullptr)
+    if (absl::Status s = CheckCoverage(*shards); !s.ok()) return s;
+  return Read(engine, *shards);
+}
+
+}  // namespace
+
+absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
+                                     const std::string& path) {
+  const ShardPlan& plan = engine.plan();
+  std::vector<ShardPieceData> pieces;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorStateView v = engine.tensor_state(static_cast<int>(t));
+    if (v.end <= v.begin) continue;
+    const auto& spec = plan.tensors[t].spec;
+    ShardPieceData p;
+    p.tensor = ShardTensor{spec.name, static_cast<int>(t), spec.shape, plan.tensors[t].geom.numel,
+                           v.begin, v.end};
+    p.entries["master"] = v.master;
+    p.entries["exp_avg"] = v.exp_avg;
+    if (!v.exp_avg_sq.empty()) p.entries["exp_avg_sq"] = v.exp_avg_sq;
+    if (!v.exp_avg_sq_row.empty()) {
+      p.entries["exp_avg_sq_row"] = v.exp_avg_sq_row;
+      p.entries["exp_avg_sq_col"] = v.exp_avg_sq_col;
+      p.entries["exp_avg_res_row"] = v.exp_avg_res_row;
+      p.entries["exp_avg_res_col"] = v.exp_avg_res_col;
+    }
+    pieces.push_back(std::move(p));
+  }
+  return WriteShardFile(path, step, plan.world_size, plan.alignment, pieces);
+}
+
+absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
+                                       const std::vector<std::string>& shard_paths) {
+  return ReadChecked(engine, shard_paths, nullptr);
+}
+
+absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine, const CheckpointManifest& manifest) {
+  return ReadChecked(engine, manifest.shard_paths, &manifest);
 }
 
 absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load) {
@@ -262,52 +188,6 @@ absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& sha
   auto load = ReadShards(engine, shard_paths);
   if (!load.ok()) return load.status();
   return ApplyShards(engine, *load);
-}
-
-absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& manifest_path) {
-  std::ifstream f(manifest_path);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot read ", manifest_path));
-  json j = json::parse(f, nullptr, false);
-  if (j.is_discarded() || j.value("format", "") != "came-checkpoint-manifest")
-    return absl::DataLossError(absl::StrCat(manifest_path, " is not a came checkpoint manifest"));
-  CheckpointManifest m;
-  m.step = j.value("step", int64_t{0});
-  m.world_size = j.value("world_size", 0);
-  const std::filesystem::path dir = std::filesystem::path(manifest_path).parent_path();
-  for (const json& s : j["shards"]) {
-    m.shard_paths.push_back((dir / s["file"].get<std::string>()).string());
-    m.shard_bytes.push_back(s.value("bytes", int64_t{-1}));
-    m.shard_sha256.push_back(s.value("sha256", std::string()));
-  }
-  return m;
-}
-
-absl::Status VerifyShards(const CheckpointManifest& m) {
-  std::vector<char> buf(1 << 20);
-  for (size_t i = 0; i < m.shard_paths.size(); ++i) {
-    const std::string& path = m.shard_paths[i];
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return absl::NotFoundError(absl::StrCat("cannot read checkpoint shard ", path));
-    EVP_MD_CTX* md = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
-    int64_t bytes = 0;
-    while (f) {
-      f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-      const std::streamsize got = f.gcount();
-      EVP_DigestUpdate(md, buf.data(), static_cast<size_t>(got));
-      bytes += got;
-    }
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(md, digest, &len);
-    EVP_MD_CTX_free(md);
-    if (bytes != m.shard_bytes[i])
-      return absl::DataLossError(absl::StrCat(path, " has ", bytes, " bytes; the manifest says ",
-                                              m.shard_bytes[i]));
-    if (Hex(digest, len) != m.shard_sha256[i])
-      return absl::DataLossError(absl::StrCat(path, " does not match its SHA-256 in the manifest"));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace came

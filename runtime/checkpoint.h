@@ -5,12 +5,14 @@
 // JSON header, then raw little-endian data): for every piece it owns, "<tensor>/exp_avg",
 // "<tensor>/master" (fp32 parameter values) and, unfactored, "<tensor>/exp_avg_sq", each
 // covering the piece's element range [begin, end) recorded in the header's __metadata__ as
-// "<tensor>/range" = "begin,end" (with "<tensor>/numel"); factored tensors also store their
-// whole row/column statistics ("<tensor>/exp_avg_sq_row", ...). A checkpoint is the set of
-// every rank's shard plus the coordinator's manifest.json listing them. Loading reads, for
-// each piece a rank owns now, the overlapping ranges of every shard, so a checkpoint written
-// with one world size loads with another (resharding). Files are written to a temporary name,
-// fsynced and renamed.
+// "<tensor>/range" = "begin,end" (with "<tensor>/numel", "<tensor>/shape" = "d0,d1,..." and
+// "<tensor>/index", its place in the plan); factored tensors also store their whole
+// row/column statistics ("<tensor>/exp_avg_sq_row", ...). The metadata also holds the step,
+// world size and plan alignment. A checkpoint is the set of every rank's shard plus the
+// coordinator's manifest.json listing them. Loading reads, for each piece a rank owns now,
+// the overlapping ranges of every shard, so a checkpoint written with one world size loads
+// with another (resharding). Files are written to a new private temporary name, fsynced and
+// renamed (checkpoint_io.h); every header is checked before use (checkpoint_shard.h).
 #pragma once
 
 #include <cstdint>
@@ -19,15 +21,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "runtime/checkpoint_manifest.h"
+#include "runtime/checkpoint_shard.h"
 #include "runtime/sharded_came.h"
 
 namespace came {
-
-struct ShardFile {
-  std::string path;
-  int64_t bytes = 0;
-  std::string sha256;  // lowercase hex
-};
 
 // Writes the engine's state (this rank's pieces) and `step` to `path`.
 absl::StatusOr<ShardFile> WriteShard(const ShardedCame& engine, int64_t step,
@@ -43,9 +41,14 @@ struct PendingLoad {
 };
 
 // Reads what this rank owns from the shards without changing the engine, so that every rank
-// can confirm it read its part before any rank changes state.
+// can confirm it read its part before any rank changes state. Every tensor's pieces across the
+// shards must cover it exactly once (DataLoss naming the shards otherwise); a tensor this rank
+// owns that the shards do not hold, or hold with another shape, is FailedPrecondition. With a
+// manifest, each shard's size, step and world size must be the manifest's.
 absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
                                        const std::vector<std::string>& shard_paths);
+absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
+                                       const CheckpointManifest& manifest);
 // Applies what ReadShards returned.
 absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load);
 
@@ -54,18 +57,5 @@ absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load);
 // ShardedCame::GatherParameters on every rank afterwards). NotFound / DataLoss /
 // FailedPrecondition name the file and tensor at fault; the engine is unchanged on error.
 absl::Status LoadShards(ShardedCame& engine, const std::vector<std::string>& shard_paths);
-
-// Returns the shard paths and step of a committed checkpoint from its manifest.json.
-struct CheckpointManifest {
-  int64_t step = 0;
-  int world_size = 0;
-  std::vector<std::string> shard_paths;
-  std::vector<int64_t> shard_bytes;
-  std::vector<std::string> shard_sha256;
-};
-absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& manifest_path);
-
-// Checks every shard's size and SHA-256 against the manifest; DataLoss naming the file.
-absl::Status VerifyShards(const CheckpointManifest& manifest);
 
 }  // namespace came

@@ -33,7 +33,7 @@ void Train(LocalCluster& c, int first, int last) {
         [&](int rank, int t, std::span<float> g) {
           for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(testing::Grad(rank % 2, step, t, i));
         },
-        {step, testing::StepLr(step)});
+        StepInputs{.step = step, .lr = testing::StepLr(step)});
     ASSERT_TRUE(s.ok()) << s.status();
   }
 }
@@ -99,7 +99,7 @@ TEST(CheckpointTest, ResumeWithAnotherWorldSizeReshards) {
           ASSERT_TRUE(c.Step([&](int, int t, std::span<float> g) {
                          for (size_t i = 0; i < g.size(); ++i)
                            g[i] = static_cast<float>(testing::Grad(0, step, t, i));
-                       }, {step, testing::StepLr(step)}).ok());
+                       }, StepInputs{.step = step, .lr = testing::StepLr(step)}).ok());
       };
       same_grad(*a, 1, 5);
       const auto shards = Save(*a, dir.path, 5);
