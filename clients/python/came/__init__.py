@@ -23,6 +23,7 @@ CAME_TOKEN (set by came-launch). The service client needs grpcio and the generat
 import importlib
 
 _LAZY = {
+    "CAME": ".optim",
     "CameError": ".errors",
     "LaunchEnv": ".launch_env",
     "launch_env": ".launch_env",
