@@ -9,6 +9,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "grpcpp/health_check_service_interface.h"
 
 namespace came::service {
 
@@ -96,6 +97,8 @@ int RunMain(int argc, char** argv, const char* program, const char* usage,
   std::vector<char*> ptrs;
   for (std::string& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  // Before any server is built: every server of the binary answers grpc.health.v1.Health.
+  grpc::EnableDefaultHealthCheckService(true);
   const absl::Status status = run();
   if (status.ok()) return 0;
   std::cerr << program << ": " << status.message() << " ["

@@ -34,7 +34,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
 
 // The main() of a job binary: sets the usage text, parses the absl flags (either spelling),
-// runs `run`, and on failure prints "<program>: <message> [<CODE>]" on stderr and returns 1.
+// turns on the standard gRPC health service (grpc.health.v1.Health answers SERVING once a
+// server of the binary has started: what Kubernetes' grpc probes ask), runs `run`, and on
+// failure prints "<program>: <message> [<CODE>]" on stderr and returns 1.
 int RunMain(int argc, char** argv, const char* program, const char* usage,
             absl::Status (*run)());
 
