@@ -117,6 +117,14 @@ CAME_HD double ClipScale(double sum_sq, double numel, double clip_threshold) {
   return ratio > 1.0 ? 1.0 / ratio : 1.0;
 }
 
+// Returns the gradient scale of clip_grad_norm_: min(1, max_norm / (norm + 1e-6)), or 1 when
+// max_norm <= 0.
+CAME_HD double GradNormScale(double grad_norm, double max_grad_norm) {
+  if (max_grad_norm <= 0.0) return 1.0;
+  const double coef = max_grad_norm / (grad_norm + 1e-6);
+  return coef < 1.0 ? coef : 1.0;
+}
+
 // Returns the new momentum b1 * m + (1 - b1) * u.
 template <typename T>
 CAME_HD T Momentum(T m, T u, const StepScalars<T>& s) {

@@ -41,12 +41,6 @@ void ForEachRowPiece(int64_t begin, int64_t end, int64_t m, Fn&& fn) {
 
 bool GradSummary::finite() const { return std::isfinite(sum_sq); }
 
-double GradNormScale(double grad_norm, double max_grad_norm) {
-  if (max_grad_norm <= 0.0) return 1.0;
-  const double coef = max_grad_norm / (grad_norm + 1e-6);
-  return coef < 1.0 ? coef : 1.0;
-}
-
 CpuCame::CpuCame(std::vector<TensorSlice> slices, int num_threads, const cpu::CpuLoops* loops)
     : slices_(std::move(slices)),
       loops_(loops != nullptr ? *loops : cpu::GetCpuLoops()),

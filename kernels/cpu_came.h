@@ -145,10 +145,6 @@ struct StepResult {
   double min_clip_scale = 1.0;  // smallest update clip scale over the tensors
 };
 
-// Returns the gradient scale of clip_grad_norm_: min(1, max_norm / (norm + 1e-6)), or 1 when
-// max_norm <= 0.
-double GradNormScale(double grad_norm, double max_grad_norm);
-
 // Runs one whole step over slices that are whole tensors (no communication), reusing
 // `scratch` between steps.
 class LocalStepper {
