@@ -1,6 +1,7 @@
 #include "runtime/rankd/rank_metrics.h"
 
 #include <string>
+#include <utility>
 
 namespace came::rankd {
 
@@ -39,6 +40,51 @@ RankMetrics::RankMetrics(int rank) : registry_(std::make_shared<prometheus::Regi
   momentum_bytes_ = &state.Add({{"rank", r}, {"kind", "momentum"}});
   second_moment_bytes_ = &state.Add({{"rank", r}, {"kind", "second_moment"}});
   factored_bytes_ = &state.Add({{"rank", r}, {"kind", "factored"}});
+  checkpoint_seconds_ = &prometheus::BuildHistogram().Name("came_checkpoint_duration_seconds")
+                             .Help("Checkpoints from begin to commit, as this rank saw them")
+                             .Register(*registry_)
+                             .Add({{"rank", r}}, prometheus::Histogram::BucketBoundaries{
+                                                     0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000});
+  checkpoint_bytes_ = &prometheus::BuildCounter().Name("came_checkpoint_bytes_total")
+                           .Help("Checkpoint shard bytes this rank wrote")
+                           .Register(*registry_).Add({{"rank", r}});
+}
+
+CheckpointHooks RankMetrics::Instrument(CheckpointHooks hooks, const service::Clock* clock) {
+  if (hooks.begin) {
+    hooks.begin = [this, clock, begin = std::move(hooks.begin)](int64_t step) mutable
+        -> absl::StatusOr<std::pair<std::string, std::string>> {
+      const absl::Time start = clock->Now();
+      auto info = begin(step);
+      if (info.ok()) {
+        absl::MutexLock lock(&mu_);
+        checkpoint_begun_[info->first] = start;
+      }
+      return info;
+    };
+  }
+  if (hooks.report) {
+    hooks.report = [this, report = std::move(hooks.report)](
+                       const std::string& id, const std::string& file, int64_t bytes,
+                       const std::string& sha256) mutable {
+      absl::Status s = report(id, file, bytes, sha256);
+      if (s.ok()) checkpoint_bytes_->Increment(static_cast<double>(bytes));
+      return s;
+    };
+  }
+  if (hooks.commit) {
+    hooks.commit = [this, clock, commit = std::move(hooks.commit)](
+                       const std::string& id) mutable -> absl::StatusOr<std::string> {
+      auto manifest = commit(id);
+      absl::MutexLock lock(&mu_);
+      auto it = checkpoint_begun_.find(id);
+      if (it == checkpoint_begun_.end()) return manifest;
+      if (manifest.ok()) checkpoint_seconds_->Observe(absl::ToDoubleSeconds(clock->Now() - it->second));
+      checkpoint_begun_.erase(it);
+      return manifest;
+    };
+  }
+  return hooks;
 }
 
 void RankMetrics::Observe(const EngineStepStats& s, const StateBytes& b) {

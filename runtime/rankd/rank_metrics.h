@@ -8,15 +8,24 @@
 //   came_collective_bytes_total{rank,collective}    payload bytes sent
 //   came_grad_norm{rank}, came_clip_scale{rank}     of the last step
 //   came_optimizer_state_bytes{rank,kind}           master, momentum, second_moment, factored
+//   came_checkpoint_duration_seconds{rank}          histogram of checkpoints, begin to commit
+//   came_checkpoint_bytes_total{rank}               shard bytes this rank wrote
 // Thread-safe.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "prometheus/registry.h"
+#include "runtime/rankd/rank_core.h"
+#include "runtime/service/clock.h"
 #include "runtime/sharded_came.h"
 
 namespace came::rankd {
@@ -28,6 +37,13 @@ class RankMetrics {
 
   // Records one step (skipped or not) and the state it left.
   void Observe(const EngineStepStats& stats, const StateBytes& bytes);
+
+  // Returns `hooks` with every checkpoint measured: the time from begin to a successful
+  // commit (the shard written, every rank's shard in, the manifest committed) and the shard
+  // bytes reported. Hooks that are not set stay unset. `clock` and this object must outlive
+  // the returned hooks.
+  CheckpointHooks Instrument(CheckpointHooks hooks,
+                             const service::Clock* clock = service::RealClock::Get());
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -47,6 +63,10 @@ class RankMetrics {
   prometheus::Gauge* momentum_bytes_;
   prometheus::Gauge* second_moment_bytes_;
   prometheus::Gauge* factored_bytes_;
+  prometheus::Histogram* checkpoint_seconds_;
+  prometheus::Counter* checkpoint_bytes_;
+  absl::Mutex mu_;
+  std::map<std::string, absl::Time> checkpoint_begun_ ABSL_GUARDED_BY(mu_);  // by id
 };
 
 }  // namespace came::rankd

@@ -148,7 +148,7 @@ absl::Status Run() {
         metrics.Observe(stats, bytes);
         if (heartbeat) heartbeat->SetStep(step);
       },
-      std::move(checkpoints));
+      metrics.Instrument(std::move(checkpoints)));
   if (!core.ok()) return core.status();
 
   absl::Notification stop;
