@@ -14,3 +14,10 @@ add_test(NAME came_optim_tests
 set_tests_properties(came_optim_tests PROPERTIES
   ENVIRONMENT "PYTHONPATH=${PROJECT_SOURCE_DIR}/clients/python:${CMAKE_BINARY_DIR}/python:${CMAKE_BINARY_DIR}/pydeps"
   FIXTURES_REQUIRED came_pydeps LABELS python TIMEOUT 300)
+
+# The package as a user installs it: pip install ./clients/python into a fresh virtualenv
+# (pip fetches scikit-build-core from PyPI for the isolated build), then came.CAME on the CPU
+# from outside the source tree.
+add_test(NAME came_wheel_test
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/came_wheel_test.sh ${PROJECT_SOURCE_DIR})
+set_tests_properties(came_wheel_test PROPERTIES LABELS python TIMEOUT 600)
