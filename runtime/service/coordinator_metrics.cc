@@ -32,7 +32,9 @@ CoordinatorMetrics::CoordinatorMetrics()
       rpc_total_(prometheus::BuildCounter()
                      .Name("came_rpc_total")
                      .Help("RPCs answered, by method and status code")
-                     .Register(*registry_)) {}
+                     .Register(*registry_)) {
+  checkpoint_commits_.Add({});  // exported as 0 before the first commit
+}
 
 void CoordinatorMetrics::CountRpc(std::string_view method, absl::StatusCode code) {
   rpc_total_

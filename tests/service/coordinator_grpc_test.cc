@@ -352,6 +352,7 @@ TEST_F(CoordinatorGrpcTest, MetricsAreServed) {
   EXPECT_THAT(body, HasSubstr("came_ranks_alive 1"));
   EXPECT_THAT(body, HasSubstr("came_job_state{state=\"RUNNING\"} 1"));
   EXPECT_THAT(body, HasSubstr("came_heartbeat_age_seconds{rank=\"0\"}"));
+  EXPECT_THAT(body, HasSubstr("came_checkpoint_commits_total 0"));
   EXPECT_THAT(body, HasSubstr("came_rpc_total{code=\"UNAUTHENTICATED\",method=\"Heartbeat\"} 1"));
   EXPECT_THAT(body, HasSubstr("came_rpc_total{code=\"OK\",method=\"Join\"} 1"));
 }
