@@ -10,6 +10,7 @@ from . import _lib
 _DTYPES = {torch.float32: _lib.FLOAT32, torch.bfloat16: _lib.BFLOAT16,
            torch.float16: _lib.FLOAT16}
 
+_DEVICE_TYPES = ("cpu", "cuda")
 _FACTORED_KEYS = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_res_row", "exp_avg_res_col")
 # The fp32 copy of a bfloat16/float16 parameter (came-pytorch keeps none and updates the
 # 16-bit parameter directly).
@@ -45,6 +46,28 @@ def _hyper(group):
     return (_float(group, "lr"), _float(group, "betas", 0), _float(group, "betas", 1),
             _float(group, "betas", 2), _float(group, "eps", 0), _float(group, "eps", 1),
             _float(group, "clip_threshold"), _float(group, "weight_decay"))
+
+
+def _refuse(p, g, where):
+    """Raises the error that explains why a parameter (`where`) cannot be stepped."""
+    if g.is_sparse:
+        raise RuntimeError("came.CAME does not support sparse gradients (%s)" % where)
+    if p.dtype not in _DTYPES:
+        raise ValueError("came.CAME: %s has dtype %s; CAME optimizes float32, bfloat16 and "
+                         "float16 tensors" % (where, p.dtype))
+    if g.dtype not in _DTYPES:
+        raise ValueError("came.CAME: the gradient of %s has dtype %s; need float32, bfloat16 "
+                         "or float16" % (where, g.dtype))
+    if g.shape != p.shape:
+        raise ValueError("came.CAME: the gradient of %s has shape %s, the parameter %s"
+                         % (where, tuple(g.shape), tuple(p.shape)))
+    if g.device != p.device:
+        raise ValueError("came.CAME: the gradient of %s is on %s, the parameter on %s"
+                         % (where, g.device, p.device))
+    if p.device.type not in _DEVICE_TYPES:
+        raise ValueError("came.CAME: %s is on %s; CAME runs on CPU and CUDA tensors"
+                         % (where, p.device))
+    raise ValueError("came.CAME: %s is not contiguous" % where)
 
 
 class _Runner:
@@ -193,8 +216,8 @@ class CAME(torch.optim.Optimizer):
     # Stepping
 
     def _collect(self):
-        """Returns {device: ([(param, grad, group index)], hyper)} of this step after checking
-        every parameter and group; raises before anything changes."""
+        """Returns ({device: [(param, grad, group index, layout entry)]}, hyper) of this step
+        after checking every parameter and group; raises before anything changes."""
         per_device = {}
         hypers = []
         lib = _lib.load()
@@ -208,29 +231,17 @@ class CAME(torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                where = "parameter %d of group %d" % (i, gi)
-                if g.is_sparse:
-                    raise RuntimeError("came.CAME does not support sparse gradients (%s)" % where)
-                if p.dtype not in _DTYPES:
-                    raise ValueError("came.CAME: %s has dtype %s; CAME optimizes float32, "
-                                     "bfloat16 and float16 tensors" % (where, p.dtype))
-                if g.dtype not in _DTYPES:
-                    raise ValueError("came.CAME: the gradient of %s has dtype %s; need float32, "
-                                     "bfloat16 or float16" % (where, g.dtype))
-                if g.shape != p.shape:
-                    raise ValueError("came.CAME: the gradient of %s has shape %s, the parameter "
-                                     "%s" % (where, tuple(g.shape), tuple(p.shape)))
-                if g.device != p.device:
-                    raise ValueError("came.CAME: the gradient of %s is on %s, the parameter on "
-                                     "%s" % (where, g.device, p.device))
-                if p.device.type not in ("cpu", "cuda"):
-                    raise ValueError("came.CAME: %s is on %s; CAME runs on CPU and CUDA tensors"
-                                     % (where, p.device))
-                if not p.is_contiguous():
-                    raise ValueError("came.CAME: %s is not contiguous" % where)
+                device = p.device
+                if (g.is_sparse or p.dtype not in _DTYPES or g.dtype not in _DTYPES
+                        or g.shape != p.shape or g.device != device
+                        or device.type not in _DEVICE_TYPES or not p.is_contiguous()):
+                    _refuse(p, g, "parameter %d of group %d" % (i, gi))
                 if not g.is_contiguous():
                     g = g.contiguous()
-                per_device.setdefault(p.device, []).append((p, g, gi))
+                items = per_device.get(device)
+                if items is None:
+                    items = per_device[device] = []
+                items.append((p, g, gi))
         return per_device, hypers
 
     def _init_state(self, p):
@@ -243,7 +254,7 @@ class CAME(torch.optim.Optimizer):
             st[MASTER_KEY] = p.detach().float().contiguous()
 
     def _runner(self, device, items):
-        key = tuple((id(p), tuple(p.shape), p.dtype, g.dtype, gi) for p, g, gi in items)
+        key = [(id(p), p.shape, p.dtype, g.dtype, gi) for p, g, gi in items]
         runner = self._runners.get(device)
         if runner is None or runner.key != key:
             self._runners.pop(device, None)
@@ -268,38 +279,44 @@ class CAME(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         per_device, hyper = self._collect()
-        created = []
+        created = []  # what this device's step created: parameters, or states given a master
+        stepped = []  # the states of the devices that stepped
         try:
-            for items in per_device.values():
+            for device, items in per_device.items():
+                created = []
+                states = []
                 for p, _, _ in items:
                     st = self.state[p]
                     if "exp_avg" not in st:
                         self._init_state(p)
                         created.append(p)
-                    elif p.dtype != torch.float32 and MASTER_KEY not in st:
-                        st[MASTER_KEY] = p.detach().float().contiguous()
-                        created.append(p)
-            if created:
-                self._state_epoch += 1
-            if self._verify_masters:
-                self._refresh_stale_masters()
-            for device, items in per_device.items():
+                    elif MASTER_KEY not in st and p.dtype != torch.float32:
+                        st[MASTER_KEY] = p.detach().float().contiguous()  # a loaded state
+                        created.append(st)
+                    states.append(st)
+                if created:
+                    self._state_epoch += 1
+                if self._verify_masters:
+                    self._refresh_stale_masters()
                 runner = self._runner(device, items)
-                states = [self.state[p] for p, _, _ in items]
                 stream = None
                 if device.type == "cuda":
                     stream = torch.cuda.current_stream(device).cuda_stream
                 runner.step(items, states, self._state_epoch, hyper, stream,
                             want_result=device.type == "cpu")
+                stepped.append(states)
         except BaseException:
-            for p in created:
-                self.state.pop(p, None)
-            if created:
-                self._state_epoch += 1
+            for c in created:  # the failed device's new state; stepped devices keep theirs
+                if isinstance(c, dict):
+                    c.pop(MASTER_KEY, None)
+                else:
+                    self.state.pop(c, None)
+            self._state_epoch += 1
             raise
-        for items in per_device.values():
-            for p, _, _ in items:
-                self.state[p]["step"] += 1
+        finally:
+            for states in stepped:
+                for st in states:
+                    st["step"] += 1
         return loss
 
     def _refresh_stale_masters(self):

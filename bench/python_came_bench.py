@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""What the Python binding of the fused kernels costs, and what it buys, on GPT-2 small.
+
+In one run, on the same float32 parameters and gradients (GPT-2 small's 148 tensors,
+124,439,808 parameters, the shapes of bench/gpt2_model.h), it times one optimizer step of:
+  abi          came_optimizer_step called through ctypes with pointer and hyperparameter
+               arrays built once: the C++ step (the call itself costs microseconds);
+  came.CAME    came.CAME.step(): the binding as users call it (reads the groups, checks every
+               parameter, builds the arrays, one call);
+  came_pytorch came_pytorch.CAME.step() (0.1.3), the authors' unfused loop;
+  adamw        torch.optim.AdamW(foreach=True).step(), the usual baseline.
+abi and came.CAME steps alternate, so machine noise hits both alike; the binding overhead is
+reported two ways: the ratio of their median step times, and the time came.CAME.step()
+spends outside the library call (measured around that call in the same steps), over the
+abi median. Every figure is the median of --repeats steps after --warmup steps.
+
+  PYTHONPATH=clients/python:build/python:build/pydeps /usr/bin/python3 \\
+      bench/python_came_bench.py --threads 2
+"""
+
+import argparse
+import array
+import ctypes
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from came import CAME, _lib
+
+
+def gpt2_shapes(vocab=50257, context=1024, d=768, blocks=12):
+    """Returns GPT-2's parameter shapes in state_dict order (bench/gpt2_model.h)."""
+    shapes = [(vocab, d), (context, d)]
+    for _ in range(blocks):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
+                   (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def median_seconds(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class RawAbi:
+    """The C++ step through the C ABI with everything prepared once."""
+
+    def __init__(self, params, threads, lr):
+        self.lib = _lib.load()
+        descs, flat = [], []
+        self.state = []
+        for p in params:
+            d = _lib.TensorDesc()
+            d.ndim = p.dim()
+            for k, s in enumerate(p.shape):
+                d.shape[k] = s
+            d.param_dtype = d.grad_dtype = _lib.FLOAT32
+            descs.append(d)
+            st = {"exp_avg": torch.zeros_like(p)}
+            if p.dim() >= 2:
+                row, col = p.shape[:-1], p.shape[:-2] + p.shape[-1:]
+                st.update(sq_row=torch.zeros(row), sq_col=torch.zeros(col),
+                          res_row=torch.zeros(row), res_col=torch.zeros(col))
+                rest = [0, st["exp_avg"].data_ptr(), 0] + [
+                    st[k].data_ptr() for k in ("sq_row", "sq_col", "res_row", "res_col")]
+            else:
+                st["sq"] = torch.zeros_like(p)
+                rest = [0, st["exp_avg"].data_ptr(), st["sq"].data_ptr(), 0, 0, 0, 0]
+            self.state.append(st)
+            flat += [p.data_ptr(), p.grad.data_ptr()] + rest
+        self.handle = self.lib.create(-1, descs, threads)
+        self.ptrs = array.array("q", flat)
+        self.hyper = array.array("d", [lr, 0.9, 0.999, 0.9999, 1e-30, 1e-16, 1.0, 0.0])
+        self.call = self.lib.lib.came_optimizer_step
+        self.ptrs_addr = self.ptrs.buffer_info()[0]
+        self.hyper_addr = self.hyper.buffer_info()[0]
+
+    def step(self):
+        code = self.call(self.handle, self.ptrs_addr, self.hyper_addr, 1, None, None)
+        if code != _lib.OK:
+            self.lib.raise_for(code, "step")
+
+
+class TimedCalls:
+    """Wraps a Library's came_optimizer_step to add up the time spent inside it."""
+
+    def __init__(self, lib):
+        self.inner = lib.lib.came_optimizer_step
+        self.seconds = 0.0
+
+    def __call__(self, *args):
+        t0 = time.perf_counter()
+        code = self.inner(*args)
+        self.seconds += time.perf_counter() - t0
+        return code
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--baseline-repeats", type=int, default=3,
+                    help="steps timed for came_pytorch and AdamW (slow)")
+    ap.add_argument("--blocks", type=int, default=12, help="transformer blocks (12: GPT-2 small)")
+    args = ap.parse_args()
+    if args.threads < 1 or args.repeats < 1:
+        print("python_came_bench: --threads and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    try:
+        import came_pytorch
+    except ImportError:
+        print("python_came_bench: came_pytorch is missing: source scripts/lib/pydeps.sh && "
+              "came_pydeps came-pytorch==0.1.3, with build/pydeps on PYTHONPATH",
+              file=sys.stderr)
+        return 2
+
+    lr = 1e-4
+    gen = torch.Generator().manual_seed(0)
+    shapes = gpt2_shapes(blocks=args.blocks)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02)
+        p.grad = torch.randn(s, generator=gen) * 1e-3
+        params.append(p)
+    numel = sum(p.numel() for p in params)
+    print("python_came_bench: %d tensors, %d parameters, %d threads, %s" % (
+        len(params), numel, args.threads, datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")))
+    print("  host %s, %s, load average %s" % (platform.node(), _lib.load().build_info,
+                                             " ".join("%.2f" % x for x in os.getloadavg())))
+
+    raw = RawAbi(params, args.threads, lr)
+    opt = CAME(params, lr=lr, num_threads=args.threads)
+    opt.step()  # creates the state and the library's optimizer
+    timed = TimedCalls(_lib.load())
+    _lib.load().lib.came_optimizer_step = timed
+
+    for _ in range(args.warmup):
+        raw.step()
+        opt.step()
+    raw_times, came_times, outside = [], [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        raw.step()
+        t1 = time.perf_counter()
+        inside_before = timed.seconds
+        opt.step()
+        t2 = time.perf_counter()
+        raw_times.append(t1 - t0)
+        came_times.append(t2 - t1)
+        outside.append((t2 - t1) - (timed.seconds - inside_before))
+    _lib.load().lib.came_optimizer_step = timed.inner
+    t_raw = statistics.median(raw_times)
+    t_came = statistics.median(came_times)
+    t_out = statistics.median(outside)
+    del raw
+
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(ref_params, params):
+        p.grad = q.grad
+    del opt
+    reference = came_pytorch.CAME(ref_params, lr=lr)
+    t_ref = median_seconds(reference.step, 1, args.baseline_repeats)
+    del reference
+    adamw = torch.optim.AdamW(ref_params, lr=lr, foreach=True)
+    t_adamw = median_seconds(adamw.step, 1, args.baseline_repeats)
+
+    print("  %-14s %9.2f ms  (median of %d)" % ("abi", t_raw * 1e3, args.repeats))
+    print("  %-14s %9.2f ms  (median of %d, interleaved with abi)" % ("came.CAME", t_came * 1e3,
+                                                                       args.repeats))
+    print("  %-14s %9.2f ms  (median of %d)" % ("came_pytorch", t_ref * 1e3,
+                                                args.baseline_repeats))
+    print("  %-14s %9.2f ms  (median of %d)" % ("adamw_foreach", t_adamw * 1e3,
+                                                args.baseline_repeats))
+    print("  binding overhead: came.CAME / abi = %.4f; outside the library call %.3f ms = "
+          "%.3f%% of the abi step" % (t_came / t_raw, t_out * 1e3, 100 * t_out / t_raw))
+    print("  speedup of came.CAME: %.2fx over came_pytorch, %.2fx over AdamW(foreach)" % (
+        t_ref / t_came, t_adamw / t_came))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
