@@ -154,6 +154,9 @@ CudaError CudaCame::Init(std::span<const TensorSlice> slices) {
   if (err == cudaSuccess) err = copy(d_step_, &step, sizeof step);
   if (err == cudaSuccess)
     err = cudaMemset(d_groups_, 0, sizeof(DeviceGroup) * static_cast<size_t>(l.num_groups));
+  // A copy from pageable memory may still be in flight when cudaMemcpy returns; the kernels
+  // run on other streams.
+  if (err == cudaSuccess) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) return Internal("uploading the chunk table", err);
   return {};
 }

@@ -29,6 +29,7 @@
 #include "kernels/dtype.h"
 #include "kernels/geometry.h"
 #include "tools/replay/case_io.h"
+#include "tools/replay/cuda_trajectory.h"
 #include "tools/replay/sharded_trajectory.h"
 #include "tools/replay/trajectory.h"
 
@@ -41,18 +42,19 @@ constexpr int kMaxThreads = 256;
 constexpr int kMaxRanks = 64;
 
 constexpr char kUsage[] =
-    "usage: came-replay --case FILE.json [--impl reference|cpu] [--out OUT.json]\n"
+    "usage: came-replay --case FILE.json [--impl reference|cpu|cuda] [--out OUT.json]\n"
     "                   [--threads N] [--grad-dtype float32|bfloat16|float16] [--ranks W]\n"
     "Runs a golden case through one CAME implementation and compares each step's parameters\n"
     "and the final state with the stored trajectory (tests/data/golden/README.md).\n"
     "  --impl        reference (double, tolerance 1e-10) or cpu (fused float32 kernels,\n"
-    "                tolerances 5e-5 parameters / 1e-5 state); default cpu\n"
+    "                tolerances 5e-5 parameters / 1e-5 state) or cuda (the CUDA kernels on\n"
+    "                device 0, same tolerances); default cpu\n"
     "  --out         write the produced trajectory as a case file; a case without\n"
     "                params/state (inputs only) is accepted then\n"
     "  --threads     CPU threads (cpu only), 1..256; default 2 (1 per rank with --ranks)\n"
     "  --ranks       run the sharded engine over W ranks (threads in this process, Gloo over\n"
     "                127.0.0.1), 1..64; the tensor is split across the ranks (mid-row too)\n"
-    "  --grad-dtype  the dtype the cpu kernels read gradients in; default float32. With a\n"
+    "  --grad-dtype  the dtype the cpu or cuda kernels read gradients in; default float32. With a\n"
     "                16-bit dtype the stored trajectory (float64 gradients) no longer applies:\n"
     "                the expected trajectory is the double reference on the rounded gradients\n"
     "Exit status: 0 pass, 1 outside tolerance, 2 usage error or bad input.\n";
@@ -85,10 +87,15 @@ absl::StatusOr<Trajectory> RunCpuImpl(const GoldenCase& c, const ReplayOptions& 
   return RunCpu(c, o.grad_dtype.value_or(DType::kFloat32), o.threads);
 }
 
+absl::StatusOr<Trajectory> RunCudaImpl(const GoldenCase& c, const ReplayOptions& o) {
+  return RunCuda(c, o.grad_dtype.value_or(DType::kFloat32));
+}
+
 std::span<const Runner> Runners() {
   static const Runner kRunners[] = {
       {"reference", kFloat64Tolerance, kFloat64Tolerance, false, &RunReferenceImpl},
       {"cpu", kFloat32ParamTolerance, kFloat32StateTolerance, true, &RunCpuImpl},
+      {"cuda", kFloat32ParamTolerance, kFloat32StateTolerance, true, &RunCudaImpl},
   };
   return kRunners;
 }
@@ -231,6 +238,10 @@ const char* Verdict(double err, double tol) { return err <= tol ? "ok" : "FAIL";
 
 int Replay(const ReplayOptions& o) {
   const Runner& runner = *FindRunner(o.impl);
+  if (o.impl == "cuda") {
+    if (const std::string why = CudaUnavailableReason(); !why.empty())
+      return Fail("", absl::StrCat(why, " (--impl cuda needs one; --impl cpu runs here)"));
+  }
   if (!o.out_path.empty()) {
     std::error_code ec;
     const std::filesystem::path parent =
