@@ -253,7 +253,7 @@ int Job::Run() {
     std::vector<std::string> argv = {
         rankd_bin, "--coordinator", *coordinator_address, "--token-file", *token_file,
         "--rank", absl::StrCat(r), "--world-size", absl::StrCat(n), "--listen",
-        "127.0.0.1:0", "--backend", backend, "--threads", absl::StrCat(threads)};
+        "127.0.0.1:0", "--threads", absl::StrCat(threads)};
     if (options_.reduce_in_float32) argv.push_back("--reduce-in-float32");
     if (options_.metrics_port > 0) {  // rank r serves /metrics on P + 1 + r
       argv.push_back("--metrics-port");

@@ -17,7 +17,6 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
 #include "runtime/comm/gloo_communicator.h"
@@ -29,6 +28,7 @@
 #include "runtime/service/coordinator_client.h"
 #include "runtime/service/coordinator_store.h"
 #include "runtime/service/limits.h"
+#include "runtime/service/stop_request.h"
 
 ABSL_FLAG(std::string, coordinator, "", "host:port of came-coordinator (required)");
 ABSL_FLAG(std::string, token, "", "the job's shared secret (or --token-file)");
@@ -36,10 +36,8 @@ ABSL_FLAG(std::string, token_file, "", "a file holding the shared secret");
 ABSL_FLAG(int, rank, -1, "the rank to take (-1: the lowest free one)");
 ABSL_FLAG(int, world_size, 0, "the job's world size (0: the coordinator's)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "host:port to serve the trainer on (port 0: free)");
-ABSL_FLAG(std::string, backend, "gloo", "collective backend: gloo (CPU)");
 ABSL_FLAG(std::string, gloo_host, "127.0.0.1", "address Gloo binds and advertises to peers");
 ABSL_FLAG(int, threads, 1, "CPU kernel threads");
-ABSL_FLAG(int64_t, alignment, 16, "shard-plan alignment in elements");
 ABSL_FLAG(bool, reduce_in_float32, false,
           "reduce-scatter bf16/fp16 gradients in float32 (exact mean at any world size; twice "
           "the wire bytes and a float32 copy of the gradients)");
@@ -49,6 +47,9 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate to serve the trainer with 
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA trainers' client certificates must chain to");
 ABSL_FLAG(std::string, coordinator_ca, "", "PEM CA of the coordinator's certificate (TLS on)");
+ABSL_FLAG(std::string, coordinator_cert, "",
+          "PEM client certificate presented to a coordinator that requires one (mTLS)");
+ABSL_FLAG(std::string, coordinator_key, "", "PEM key of --coordinator-cert");
 
 namespace came::rankd {
 namespace {
@@ -61,10 +62,6 @@ absl::Status Run() {
   if (!token.ok()) return token.status();
   if (absl::GetFlag(FLAGS_coordinator).empty())
     return absl::InvalidArgumentError("--coordinator is required");
-  if (absl::GetFlag(FLAGS_backend) != "gloo")
-    return absl::UnimplementedError(absl::StrCat(
-        "backend '", absl::GetFlag(FLAGS_backend),
-        "' is not available in came-rankd yet: GPU buffers (CUDA IPC) are not implemented; use gloo"));
   const int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 1 || threads > 1024) return absl::InvalidArgumentError("--threads must be in [1, 1024]");
 
@@ -78,9 +75,11 @@ absl::Status Run() {
   service::CoordinatorClientOptions co;
   co.target = absl::GetFlag(FLAGS_coordinator);
   co.token = *token;
-  auto creds = service::ChannelCredentialsFromFiles(absl::GetFlag(FLAGS_coordinator_ca), "", "");
+  auto creds = service::ChannelCredentialsFromFiles(absl::GetFlag(FLAGS_coordinator_ca),
+                                                    absl::GetFlag(FLAGS_coordinator_cert),
+                                                    absl::GetFlag(FLAGS_coordinator_key));
   if (!creds.ok()) return creds.status();
-  if (!absl::GetFlag(FLAGS_coordinator_ca).empty()) co.credentials = *creds;
+  co.credentials = *creds;
   auto client_or = CoordinatorClient::Create(co);
   if (!client_or.ok()) return client_or.status();
   std::shared_ptr<CoordinatorClient> client = *std::move(client_or);
@@ -94,6 +93,12 @@ absl::Status Run() {
   const int rank = joined->rank, world = joined->world_size;
   std::cerr << "came-rankd: joined job " << joined->job_id << " as rank " << rank << " of "
             << world << std::endl;
+  // The job's configuration comes from the coordinator alone (one configuration).
+  if (joined->config.backend != service::Backend::kGloo)
+    return absl::UnimplementedError(absl::StrCat(
+        "the job's backend is ", std::string(service::BackendName(joined->config.backend)),
+        ", which came-rankd does not offer yet (GPU buffers need CUDA IPC): start the "
+        "coordinator with --backend gloo"));
 
   // Connect to the other ranks through the coordinator's store.
   service::CoordinatorStore coordinator_store(client);
@@ -110,7 +115,7 @@ absl::Status Run() {
   ro.rank = rank;
   ro.world_size = world;
   ro.num_threads = threads;
-  ro.alignment = absl::GetFlag(FLAGS_alignment);
+  ro.alignment = joined->config.plan_alignment;
   ro.reduce_in_float32 = absl::GetFlag(FLAGS_reduce_in_float32);
   ro.shm_prefix = absl::StrCat("/came-", joined->job_id, "-r", rank);
   ro.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_seconds));
@@ -151,14 +156,12 @@ absl::Status Run() {
       metrics.Instrument(std::move(checkpoints)));
   if (!core.ok()) return core.status();
 
-  absl::Notification stop;
-  absl::Status failure;  // set before stop is notified, read after
+  service::StopRequest stop;  // a job failure (heartbeat thread) or a signal: the first wins
   heartbeat = std::make_unique<service::HeartbeatThread>(
       client.get(), rank, joined->config.lease / 3, joined->config.lease,
       [&](absl::Status reason) {
-        failure = reason;
-        (*core)->Abort(failure);
-        if (!stop.HasBeenNotified()) stop.Notify();
+        (*core)->Abort(reason);
+        stop.Request(reason);
       });
 
   auto server_creds = service::ServerCredentialsFromFiles(
@@ -181,14 +184,18 @@ absl::Status Run() {
     exposer = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", mp));
     exposer->RegisterCollectable(metrics.registry());
   }
+  if (const std::string w = service::PlaintextListenWarning(
+          "came-rankd", listen, !absl::GetFlag(FLAGS_tls_cert).empty());
+      !w.empty())
+    std::cerr << w << std::endl;
   std::cout << "came-rankd rank " << rank << " listening on " << host << ":" << port << std::endl;
 
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    if (!stop.HasBeenNotified()) stop.Notify();
+    stop.Request(absl::OkStatus());
   });
-  stop.WaitForNotification();
+  const absl::Status failure = stop.Wait();
   if (failure.ok()) {
     std::cerr << "came-rankd rank " << rank << ": stopping" << std::endl;
     (*core)->Abort(absl::CancelledError("came-rankd is shutting down"));

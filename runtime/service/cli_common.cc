@@ -77,6 +77,16 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
   return grpc::SslCredentials(options);
 }
 
+std::string PlaintextListenWarning(const std::string& program, const std::string& listen, bool tls) {
+  if (tls) return "";
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0) return "";
+  return absl::StrCat(program, ": warning: listening on ", listen,
+                      " without TLS: the job's token and data cross the network in the clear; "
+                      "use --tls-cert/--tls-key or listen on 127.0.0.1");
+}
+
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
   for (size_t i = 1; i < args.size(); ++i) {

@@ -29,6 +29,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFi
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFromFiles(
     const std::string& ca, const std::string& cert, const std::string& key);
 
+// Returns the warning to print when a server listens on `listen` (host:port) without TLS on
+// an address other than loopback (anyone on that network can then read the job's token and
+// data), or "" when there is nothing to warn about.
+std::string PlaintextListenWarning(const std::string& program, const std::string& listen, bool tls);
+
 // Returns argv with "--flag-name" spelled "--flag_name" (absl's spelling), so both work;
 // arguments after "--" are left alone.
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);

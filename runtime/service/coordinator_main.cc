@@ -34,7 +34,7 @@ ABSL_FLAG(double, lease_seconds, 10.0, "heartbeat lease; a rank silent this long
 ABSL_FLAG(int, metrics_port, 0, "port of /metrics on the --listen host (0: off)");
 ABSL_FLAG(std::string, checkpoint_dir, "", "root folder of checkpoints (empty: off)");
 ABSL_FLAG(std::string, backend, "gloo", "collective backend of the ranks: gloo or nccl");
-ABSL_FLAG(int64_t, plan_alignment, 1, "shard-plan alignment in elements");
+ABSL_FLAG(int64_t, plan_alignment, 16, "shard-plan alignment in elements (every rank follows it)");
 ABSL_FLAG(std::string, job_id, "", "the job's id (empty: random)");
 
 namespace came::service {
@@ -86,6 +86,10 @@ absl::Status Run() {
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Create(core->get(), server_options);
   if (!server.ok()) return server.status();
+  if (const std::string w = PlaintextListenWarning("came-coordinator", server_options.listen,
+                                                   !absl::GetFlag(FLAGS_tls_cert).empty());
+      !w.empty())
+    std::cerr << w << std::endl;
   std::cout << "came-coordinator listening on " << (*server)->address() << std::endl;
   if ((*server)->metrics_port() != 0) {
     std::cerr << "came-coordinator: metrics on port " << (*server)->metrics_port() << "/metrics"

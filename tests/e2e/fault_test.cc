@@ -227,5 +227,42 @@ TEST(RankdTlsTest, TrainerReachesRankdOverTlsOnly) {
   fs::remove_all(dir);
 }
 
+// A coordinator that requires client certificates (--tls-ca) admits a came-rankd that presents
+// one (--coordinator-cert/--coordinator-key) and refuses one that does not. The admitted rankd
+// listens for its trainer on 0.0.0.0 without TLS and says so on stderr.
+TEST(RankdTlsTest, RankdPresentsAClientCertificateToACoordinatorThatRequiresOne) {
+  if (std::system("openssl version > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "the openssl CLI is not installed: cannot make a test certificate";
+  std::string tmpl = (fs::temp_directory_path() / "came-mtls-XXXXXX").string();
+  const fs::path dir = mkdtemp(tmpl.data());
+  // One self-signed certificate serves as CA, server and client certificate.
+  const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+      " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ofstream(dir / "token") << "mtls-test-token\n";
+  const std::string bin = BIN_DIR, token = (dir / "token").string();
+  auto coordinator = Spawn(dir, "coordinator",
+                           {bin + "/came-coordinator", "--world-size", "1", "--token-file", token,
+                            "--tls-cert", cert, "--tls-key", key, "--tls-ca", cert});
+  const std::string cline = coordinator->WaitForLine("listening on", std::chrono::seconds(30));
+  ASSERT_FALSE(cline.empty()) << coordinator->Stderr();
+  const std::string address = "127.0.0.1:" + PortOf(cline);
+  auto anonymous = Spawn(dir, "anonymous",
+                         {bin + "/came-rankd", "--coordinator", address, "--token-file", token,
+                          "--coordinator-ca", cert, "--join-timeout-seconds", "1"});
+  const int status = anonymous->WaitExit(std::chrono::seconds(60));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << status << anonymous->Stderr();
+  auto rankd = Spawn(dir, "rankd",
+                     {bin + "/came-rankd", "--coordinator", address, "--token-file", token,
+                      "--coordinator-ca", cert, "--coordinator-cert", cert, "--coordinator-key",
+                      key, "--listen", "0.0.0.0:0"});
+  EXPECT_FALSE(rankd->WaitForLine("listening on", std::chrono::seconds(30)).empty()) << rankd->Stderr();
+  EXPECT_NE(rankd->Stderr().find("without TLS"), std::string::npos) << rankd->Stderr();
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace came

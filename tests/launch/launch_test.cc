@@ -215,7 +215,7 @@ TEST_F(LaunchTest, PrefixesOutputAndPassesTheEnvironment) {
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat(
                            "[rankd 1] args: --coordinator 127.0.0.1:4100 --token-file ", token_file,
                            " --rank 1 --world-size 2 --listen 127.0.0.1:0 "
-                           "--backend gloo --threads 3 --metrics-port 9102\n")));
+                           "--threads 3 --metrics-port 9102\n")));
   for (int r = 0; r < 2; ++r) {
     EXPECT_THAT(run.out, HasSubstr(absl::StrCat("[trainer ", r, "] rank=", r,
                                                 " world=2 rankd=127.0.0.1:", 5000 + r,

@@ -21,3 +21,15 @@ if(TARGET came-coordinator)
     PRIVATE CAME_COORDINATOR_BIN="$<TARGET_FILE:came-coordinator>")
   add_dependencies(coordinator_binary_test came-coordinator)
 endif()
+
+came_add_test(stop_request_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/stop_request_test.cc
+  LIBS came_coordinator_core
+  LABELS service)
+
+if(TARGET came_service_common)
+  came_add_test(cli_common_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/cli_common_test.cc
+    LIBS came_service_common
+    LABELS service)
+endif()
