@@ -339,19 +339,33 @@ void RankCore::SaveCheckpoint(std::string id, int64_t step,
     if (step != a.last_step)
       return done(absl::FailedPreconditionError(absl::StrCat(
           "asked to save step ", step, " but the state is that after step ", a.last_step)));
-    auto begun = checkpoints_.begin(step);
-    if (!begun.ok()) return done(begun.status());
-    const auto& [ckpt_id, dir] = *begun;
+    // Note [Save agreement]: every rank writes and reports its shard, then the ranks count
+    // their failures (an all-reduce, the barrier the commit needs anyway). A rank whose disk is
+    // full or whose folder is gone fails the save on every rank at once; nobody commits, nobody
+    // is left waiting, the job keeps training and a later save (this step again, or a later
+    // one) starts afresh (the coordinator drops an older abandoned checkpoint).
+    absl::StatusOr<std::pair<std::string, std::string>> begun = checkpoints_.begin(step);
+    absl::Status mine = begun.status();
     const std::string file = absl::StrCat("rank-", options_.rank, ".safetensors");
-    auto shard = WriteShard(*a.engine, step, dir + "/" + file);
-    if (!shard.ok()) return done(shard.status());
-    if (absl::Status s = checkpoints_.report(ckpt_id, file, shard->bytes, shard->sha256); !s.ok())
-      return done(s);
-    // Every rank reported once every rank is past the barrier; then any rank may commit.
-    if (absl::Status s = comm_->Barrier(options_.collective_timeout); !s.ok()) {
+    if (mine.ok()) {
+      absl::StatusOr<ShardFile> shard = WriteShard(*a.engine, step, begun->second + "/" + file);
+      mine = shard.ok() ? checkpoints_.report(begun->first, file, shard->bytes, shard->sha256)
+                        : shard.status();
+    }
+    int64_t failed = mine.ok() ? 0 : 1;
+    if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
+                                          options_.collective_timeout);
+        !s.ok()) {
       Abort(s);
       return done(RankCore::aborted());
     }
+    if (!mine.ok())
+      return done(absl::Status(mine.code(), absl::StrCat("rank ", options_.rank, " could not save step ",
+                                                    step, ": ", mine.message())));
+    if (failed != 0)
+      return done(absl::AbortedError(absl::StrCat("the checkpoint of step ", step, " was not saved: ", failed,
+                                             " other rank(s) could not write their shard")));
+    const std::string& ckpt_id = begun->first;
     auto manifest = checkpoints_.commit(ckpt_id);
     if (!manifest.ok()) return done(manifest.status());
     done(SavedCheckpoint{ckpt_id, *manifest});
@@ -367,31 +381,46 @@ void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
            done = std::move(done)](absl::Status aborted) mutable {
     if (!aborted.ok()) return done(aborted);
     if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    // Note [Load agreement]: every rank reads its part, and the ranks compare what they
+    // read, before any rank changes state. One rank's bad or different manifest, or bad file,
+    // fails the load everywhere (nobody waits for a collective it will not join) and leaves
+    // every rank as it was.
+    absl::StatusOr<CheckpointManifest> manifest = absl::UnknownError("unread");
     if (path.empty()) {
-      auto latest = checkpoints_.latest();
-      if (!latest.ok()) return done(latest.status());
-      path = *latest;
+      absl::StatusOr<std::string> latest = checkpoints_.latest();
+      if (latest.ok()) path = *latest;
+      manifest = latest.ok() ? ReadCheckpointManifest(path) : latest.status();
+    } else {
+      manifest = ReadCheckpointManifest(path);
     }
-    auto manifest = ReadCheckpointManifest(path);
-    if (!manifest.ok()) return done(manifest.status());
     Attachment& a = *attachment_;
-    // Every rank reads its part before any rank changes state: one rank's bad file fails the
-    // load everywhere and leaves every rank as it was.
-    const absl::Status verified = VerifyShards(*manifest);
+    absl::Status verified = manifest.ok() ? VerifyShards(*manifest) : manifest.status();
     absl::StatusOr<PendingLoad> load =
-        verified.ok() ? ReadShards(*a.engine, manifest->shard_paths)
-                      : absl::StatusOr<PendingLoad>(verified);
-    int64_t failed = load.ok() ? 0 : 1;
-    if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
-                                          options_.collective_timeout);
-        !s.ok()) {
+        verified.ok() ? ReadShards(*a.engine, *manifest) : absl::StatusOr<PendingLoad>(verified);
+    std::string reference(64, '\0');  // rank 0's manifest digest
+    if (options_.rank == 0 && manifest.ok()) reference = manifest->sha256;
+    int64_t outcome[2] = {load.ok() ? 0 : 1, 0};  // ranks that failed, ranks that differ
+    absl::Status s = comm_->Broadcast(reference.data(), reference.size(), comm::ElemType::kUInt8, 0,
+                                      options_.collective_timeout);
+    const bool differs = manifest.ok() && manifest->sha256 != reference;
+    outcome[1] = differs ? 1 : 0;
+    if (s.ok())
+      s = comm_->AllReduce(outcome, 2, comm::ElemType::kInt64, comm::ReduceOp::kSum,
+                           options_.collective_timeout);
+    if (!s.ok()) {
       Abort(s);
       return done(RankCore::aborted());
     }
     if (!load.ok()) return done(load.status());
-    if (failed != 0)
+    if (differs)
       return done(absl::FailedPreconditionError(absl::StrCat(
-          failed, " other rank(s) could not read the checkpoint ", path, "; nothing was loaded")));
+          "the ranks disagree on the checkpoint to load: rank ", options_.rank, " read ", path,
+          " (manifest SHA-256 ", manifest->sha256.substr(0, 16), "...), which is not rank 0's ",
+          "manifest; give every rank the same manifest. Nothing was loaded")));
+    if (outcome[0] + outcome[1] != 0)
+      return done(absl::FailedPreconditionError(absl::StrCat(
+          outcome[0], " other rank(s) could not read the checkpoint ", path, " and ", outcome[1],
+          " read a different manifest than rank 0; nothing was loaded")));
     if (absl::Status s = ApplyShards(*a.engine, *load); !s.ok()) {
       Abort(s);  // a size mismatch after a successful read: a bug, the state is partial
       return done(RankCore::aborted());

@@ -360,6 +360,9 @@ absl::StatusOr<CheckpointInfo> Coordinator::BeginCheckpoint(int rank, int64_t st
   if (auto it = pending_checkpoints_.find(id); it != pending_checkpoints_.end()) {
     return it->second.info;
   }
+  // Ranks save together, one step at a time: a checkpoint of an older step that is still
+  // pending was abandoned (a rank failed to write it) and must not count against the limit.
+  std::erase_if(pending_checkpoints_, [step](const auto& p) { return p.second.info.step < step; });
   if (static_cast<int64_t>(pending_checkpoints_.size()) >= kMaxPendingCheckpoints) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%d checkpoints are in progress, the limit", kMaxPendingCheckpoints));

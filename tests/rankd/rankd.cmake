@@ -16,3 +16,10 @@ if(TARGET came_rankd_service)
   came_add_test(rank_metrics_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/rank_metrics_test.cc
                 LIBS came_rankd_service LABELS rankd)
 endif()
+
+if(TARGET came_rankd_core)
+  came_add_test(rank_checkpoint_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/rank_checkpoint_test.cc
+    LIBS came_rankd_core came_coordinator_core came_engine rt
+    LABELS rankd)
+endif()

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/service/checkpoint_files.h"
+#include "runtime/service/limits.h"
 
 namespace came::service {
 namespace {
@@ -415,6 +416,22 @@ TEST_F(CheckpointTest, RestartedCoordinatorFindsLatestCommit) {
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(latest->step, 20);
   EXPECT_EQ(latest->id, "step-000000000020");
+}
+
+// A save that failed on some rank leaves its checkpoint begun and never committed; later
+// saves must still begin (the limit of pending checkpoints counts only live ones).
+TEST_F(CheckpointTest, AbandonedCheckpointsNeverBlockLaterOnes) {
+  Make(2, dir_.string());
+  JoinAll();
+  for (int64_t step = 1; step <= 2 * kMaxPendingCheckpoints; ++step) {
+    auto begin = coord_->BeginCheckpoint(0, step);
+    ASSERT_TRUE(begin.ok()) << "step " << step << ": " << begin.status();
+    ASSERT_TRUE(coord_->ReportShard(Shard(begin->id, 0)).ok());  // rank 1 never reports
+  }
+  auto begin = coord_->BeginCheckpoint(1, 2 * kMaxPendingCheckpoints + 1);
+  ASSERT_TRUE(begin.ok()) << begin.status();
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(coord_->ReportShard(Shard(begin->id, r)).ok());
+  EXPECT_TRUE(coord_->CommitCheckpoint(begin->id, 0).ok());
 }
 
 TEST_F(CheckpointTest, CheckpointsOffWithoutFolder) {
