@@ -9,7 +9,7 @@
 #   compose_test.sh SOURCE_DIR WORK_DIR [STEPS]
 # Base images are tagged localhost/came-debian-<role>:<hash of their package list> and
 # reused while the list is unchanged; the images it builds are localhost/came-*.
-# Podman's settings for these machines (deploy/docker/README.md) go in WORK_DIR's
+# Podman's settings for these machines (docs/operations.md, "Compose") go in WORK_DIR's
 # containers.conf (CONTAINERS_CONF); nothing under /etc is changed.
 set -euo pipefail
 src="$(cd "$1" && pwd)"
@@ -88,12 +88,12 @@ runtime_base="$(base runtime "$docker_dir/packages-runtime.txt")"
 prometheus_base="$(base prometheus "$docker_dir/packages-prometheus.txt")"
 
 phase "podman build localhost/came-runtime:cpu (Dockerfile.cpu)"
-podman build --quiet -f "$docker_dir/Dockerfile.cpu" --build-arg BUILD_BASE="$build_base" \
+podman build -f "$docker_dir/Dockerfile.cpu" --build-arg BUILD_BASE="$build_base" \
   --build-arg RUNTIME_BASE="$runtime_base" --build-arg JOBS="$(nproc)" \
   -t localhost/came-runtime:cpu "$src" > "$run/build-cpu.log" 2>&1 \
   || { echo "image build failed:"; tail -40 "$run/build-cpu.log"; exit 1; }
 phase "podman build localhost/came-prometheus:latest (Dockerfile.prometheus)"
-podman build --quiet -f "$docker_dir/Dockerfile.prometheus" --build-arg BASE="$prometheus_base" \
+podman build -f "$docker_dir/Dockerfile.prometheus" --build-arg BASE="$prometheus_base" \
   -t localhost/came-prometheus:latest "$src" > "$run/build-prometheus.log" 2>&1 \
   || { echo "image build failed:"; tail -20 "$run/build-prometheus.log"; exit 1; }
 podman image prune -f > /dev/null  # the untagged build stages

@@ -44,6 +44,14 @@ class Job:
         self.proc.wait(timeout=20)
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def stop(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -115,10 +123,7 @@ class RankPodTest(unittest.TestCase):
 
     def rank_pod(self, rankd_flags, trainer):
         # rankd listens on a known free port, so the trainer knows where to find it
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port()
         env = dict(self.env, CAME_RANKD_ADDRESS="127.0.0.1:%d" % port)
         return subprocess.run(
             [os.path.join(DOCKER_DIR, "came-rank-pod"), "--coordinator=" + self.job.address,
@@ -136,7 +141,7 @@ class RankPodTest(unittest.TestCase):
         self.assertEqual(r.returncode, 5, r.stderr[-2000:])
         self.assertIn("the trainer exited with 5", r.stderr)
 
-    def test_a_failing_rankd_stops_the_trainer(self):
+    def test_a_rankd_that_cannot_join_fails_before_the_trainer_starts(self):
         bad = os.path.join(self.dir.name, "bad-token")
         with open(bad, "w") as f:
             f.write("not-the-token\n")
@@ -145,6 +150,31 @@ class RankPodTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("came-rankd exited with 1 before serving", r.stderr)
         self.assertLess(time.monotonic() - start, 30)
+
+    def test_a_rankd_that_dies_stops_the_running_trainer(self):
+        port = free_port()
+        pod = subprocess.Popen(
+            [os.path.join(DOCKER_DIR, "came-rank-pod"), "--coordinator=" + self.job.address,
+             "--listen=127.0.0.1:%d" % port, "--token-file=" + self.token, "--", "sleep", "60"],
+            env=dict(self.env, CAME_RANKD_ADDRESS="127.0.0.1:%d" % port),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(stop, pod)
+
+        def child(name):
+            r = subprocess.run(["pgrep", "-P", str(pod.pid), "-x", name],
+                               capture_output=True, text=True)
+            return int(r.stdout.split()[0]) if r.returncode == 0 else None
+
+        deadline = time.monotonic() + 60
+        while child("sleep") is None:  # the trainer starts once rankd serves
+            self.assertLess(time.monotonic(), deadline, "the trainer never started")
+            time.sleep(0.2)
+        start = time.monotonic()
+        os.kill(child("came-rankd"), signal.SIGKILL)
+        _, err = pod.communicate(timeout=30)
+        self.assertEqual(pod.returncode, 128 + signal.SIGKILL, err)
+        self.assertIn("came-rankd exited with 137; stopping the trainer", err)
+        self.assertLess(time.monotonic() - start, 20)
 
     def test_usage(self):
         r = subprocess.run([os.path.join(DOCKER_DIR, "came-rank-pod"), "--rank=0"],
