@@ -13,6 +13,7 @@ import ctypes
 import os
 import sys
 import threading
+import weakref
 
 ABI_VERSION = 1
 MAX_DIMS = 8
@@ -130,6 +131,7 @@ class Library:
         with self._checker_lock:
             if self._checker is None:
                 self._checker = self.create(-1, [], 1)
+                weakref.finalize(self, self.lib.came_optimizer_destroy, self._checker)
             hyper = array.array("d", values)
             code = self.lib.came_optimizer_step(self._checker, None, hyper.buffer_info()[0], 1,
                                                 None, None)

@@ -2,6 +2,7 @@
 
 import array
 import ctypes
+import weakref
 
 import torch
 
@@ -87,13 +88,10 @@ class _Runner:
             d.group = gi
             descs.append(d)
         self.handle = lib.create(device_index, descs, num_threads)
+        # Destroyed with the runner, or at exit before the interpreter tears modules down.
+        weakref.finalize(self, lib.lib.came_optimizer_destroy, self.handle)
         self.state_epoch = None
         self.state_ptrs = None  # per tensor: the 7 pointers after param and grad
-
-    def __del__(self):
-        handle = getattr(self, "handle", None)
-        if handle is not None and handle.value:
-            self.lib.lib.came_optimizer_destroy(handle)
 
     def step(self, items, states, state_epoch, hyper, stream, want_result):
         if self.state_epoch != state_epoch:
