@@ -49,6 +49,30 @@ def _hyper(group):
             _float(group, "clip_threshold"), _float(group, "weight_decay"))
 
 
+# The state buffers of came_tensor_ptrs after param and grad, in the ABI's order.
+_PTR_KEYS = (MASTER_KEY, "exp_avg", "exp_avg_sq") + _FACTORED_KEYS
+
+
+def _check_state(p, st):
+    """Raises ValueError unless a parameter's state tensors are what the kernels write:
+    float32, contiguous, on the parameter's device, in came-pytorch's shapes."""
+    want = _state_shapes(p.shape)
+    if p.dtype != torch.float32:
+        want[MASTER_KEY] = tuple(p.shape)
+    for key, shape in want.items():
+        t = st.get(key)
+        if (not isinstance(t, torch.Tensor) or t.dtype != torch.float32
+                or t.device != p.device or tuple(t.shape) != shape or not t.is_contiguous()):
+            raise ValueError(
+                "came.CAME: the state %r of a parameter of shape %s must be a contiguous "
+                "float32 tensor of shape %s on %s, got %s (replace state only through "
+                "load_state_dict)" % (key, tuple(p.shape), shape, p.device,
+                                      "nothing" if t is None else "%s %s %s" % (
+                                          getattr(t, "dtype", type(t).__name__),
+                                          tuple(getattr(t, "shape", ())),
+                                          getattr(t, "device", ""))))
+
+
 def _refuse(p, g, where):
     """Raises the error that explains why a parameter (`where`) cannot be stepped."""
     if g.is_sparse:
@@ -90,23 +114,18 @@ class _Runner:
         self.handle = lib.create(device_index, descs, num_threads)
         # Destroyed with the runner, or at exit before the interpreter tears modules down.
         weakref.finalize(self, lib.lib.came_optimizer_destroy, self.handle)
-        self.state_epoch = None
-        self.state_ptrs = None  # per tensor: the 7 pointers after param and grad
+        self.state_ptrs = None  # per tensor: the state pointers of the last step (_PTR_KEYS)
 
-    def step(self, items, states, state_epoch, hyper, stream, want_result):
-        if self.state_epoch != state_epoch:
-            rows = []
-            for (p, _, _), st in zip(items, states):
-                master = st.get(MASTER_KEY)
-                rows.append((
-                    0 if master is None else master.data_ptr(),
-                    st["exp_avg"].data_ptr(),
-                    st["exp_avg_sq"].data_ptr() if "exp_avg_sq" in st else 0,
-                    *(st[k].data_ptr() if k in st else 0 for k in _FACTORED_KEYS)))
-            self.state_ptrs = rows
-            self.state_epoch = state_epoch
+    def step(self, items, states, hyper, stream, want_result):
+        """Runs one step over `items` (param, grad, group) with their state dicts."""
         flat = []
-        for (p, g, _), rest in zip(items, self.state_ptrs):
+        cached = self.state_ptrs
+        fresh = []
+        for i, ((p, g, _), st) in enumerate(zip(items, states)):
+            rest = tuple(0 if t is None else t.data_ptr() for t in map(st.get, _PTR_KEYS))
+            if cached is None or cached[i] != rest:
+                _check_state(p, st)  # new or moved state buffers: check them before use
+            fresh.append(rest)
             flat.append(p.data_ptr())
             flat.append(g.data_ptr())
             flat.extend(rest)
@@ -118,6 +137,7 @@ class _Runner:
             stream, None if result is None else ctypes.byref(result))
         if code != _lib.OK:
             self.lib.raise_for(code, "step")
+        self.state_ptrs = fresh
         return result
 
     def last_result(self):
@@ -176,7 +196,6 @@ class CAME(torch.optim.Optimizer):
             raise ValueError("came.CAME: num_threads must be >= 1, got %r" % (num_threads,))
         self._num_threads = None if num_threads is None else int(num_threads)
         self._runners = {}
-        self._state_epoch = 0
         self._verify_masters = False
         defaults = dict(lr=lr, eps=tuple(eps), clip_threshold=clip_threshold,
                         betas=tuple(betas), weight_decay=weight_decay)
@@ -292,16 +311,13 @@ class CAME(torch.optim.Optimizer):
                         st[MASTER_KEY] = p.detach().float().contiguous()  # a loaded state
                         created.append(st)
                     states.append(st)
-                if created:
-                    self._state_epoch += 1
                 if self._verify_masters:
                     self._refresh_stale_masters()
                 runner = self._runner(device, items)
                 stream = None
                 if device.type == "cuda":
                     stream = torch.cuda.current_stream(device).cuda_stream
-                runner.step(items, states, self._state_epoch, hyper, stream,
-                            want_result=device.type == "cpu")
+                runner.step(items, states, hyper, stream, want_result=device.type == "cpu")
                 stepped.append(states)
         except BaseException:
             for c in created:  # the failed device's new state; stepped devices keep theirs
@@ -309,7 +325,6 @@ class CAME(torch.optim.Optimizer):
                     c.pop(MASTER_KEY, None)
                 else:
                     self.state.pop(c, None)
-            self._state_epoch += 1
             raise
         finally:
             for states in stepped:
@@ -358,7 +373,6 @@ class CAME(torch.optim.Optimizer):
             self.state.pop(p, None)
             if p in imported:
                 self.state[p] = imported[p]
-        self._state_epoch += 1
         self._verify_masters = True
 
     @staticmethod

@@ -62,6 +62,21 @@ class Errors(unittest.TestCase):
             opt.param_groups[0]["betas"] = (0.9, 1.0, 0.9999)
         self.assertRefused(ValueError, r"betas must be in \[0, 1\)", mutate)
 
+    def test_state_replaced_by_hand(self):
+        def mutate(model, opt):
+            st = opt.state[model.fc.weight]
+            st["exp_avg"] = st["exp_avg"].double()
+        self.assertRefused(ValueError, "state 'exp_avg' .* must be a contiguous float32", mutate)
+
+        # A valid replacement is used from the next step on (its new buffer, not the old one).
+        model, opt = trained()
+        model.unused.grad = None
+        st = opt.state[model.fc.weight]
+        st["exp_avg"] = st["exp_avg"].clone()
+        fresh = st["exp_avg"].clone()
+        opt.step()
+        self.assertFalse(torch.equal(st["exp_avg"], fresh))
+
     def test_constructor(self):
         params = [torch.nn.Parameter(torch.zeros(3, 2))]
         with self.assertRaisesRegex(ValueError, "lr is required"):
