@@ -357,7 +357,7 @@ __device__ __forceinline__ void DispatchParam(const PhaseArgs& args, const Chunk
 // Phase kernel: one block per chunk. Every phase after GradStats does nothing on a skipped
 // step (the flag is the same for every block).
 template <int kPhase>
-__global__ void __launch_bounds__(kBlockThreads) PhaseKernel(PhaseArgs args) {
+__global__ void __launch_bounds__(kBlockThreads, 2) PhaseKernel(PhaseArgs args) {
   constexpr int kColWarps = dev::HasRowCol(kPhase) ? kWarps : 1;
   __shared__ double scol[kColWarps][kTileCols];
   __shared__ double swarp[kWarps];
