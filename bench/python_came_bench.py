@@ -8,7 +8,8 @@ In one run, on the same float32 parameters and gradients (GPT-2 small's 148 tens
   came.CAME    came.CAME.step(): the binding as users call it (reads the groups, checks every
                parameter, builds the arrays, one call);
   came_pytorch came_pytorch.CAME.step() (0.1.3), the authors' unfused loop;
-  adamw        torch.optim.AdamW(foreach=True).step(), the usual baseline.
+  adamw        torch.optim.AdamW(foreach=True).step(), the usual baseline;
+the last three in rounds (rotating order), the speedups being medians of per-round ratios.
 abi and came.CAME steps run in pairs, in alternating order, so machine noise hits both alike.
 The binding overhead is the time came.CAME.step() spends outside the library call (timed
 around that call in the same steps) over the abi step; the ratios of the step times (of the
@@ -42,17 +43,6 @@ def gpt2_shapes(vocab=50257, context=1024, d=768, blocks=12):
         shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
                    (4 * d,), (4 * d, d), (d,)]
     return shapes + [(d,), (d,)]
-
-
-def median_seconds(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class RawAbi:
@@ -114,12 +104,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--baseline-repeats", type=int, default=3,
-                    help="steps timed for came_pytorch and AdamW (slow)")
+    ap.add_argument("--baseline-repeats", type=int, default=5,
+                    help="rounds of came.CAME, came_pytorch and AdamW steps (slow)")
     ap.add_argument("--blocks", type=int, default=12, help="transformer blocks (12: GPT-2 small)")
     args = ap.parse_args()
-    if args.threads < 1 or args.repeats < 1:
-        print("python_came_bench: --threads and --repeats must be >= 1", file=sys.stderr)
+    if args.threads < 1 or args.repeats < 1 or args.baseline_repeats < 1:
+        print("python_came_bench: --threads and the repeats must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     try:
@@ -173,28 +163,38 @@ def main():
     pair_ratio = statistics.median(c / r for c, r in zip(came_times, raw_times))
     del raw
 
+    # The baselines, in rounds of (came.CAME, came_pytorch, AdamW) in rotating order; a
+    # speedup is the median over rounds of the baseline's step over came.CAME's in that round.
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     for p, q in zip(ref_params, params):
         p.grad = q.grad
-    del opt
     reference = came_pytorch.CAME(ref_params, lr=lr)
-    t_ref = median_seconds(reference.step, 1, args.baseline_repeats)
-    del reference
     adamw = torch.optim.AdamW(ref_params, lr=lr, foreach=True)
-    t_adamw = median_seconds(adamw.step, 1, args.baseline_repeats)
+    contenders = [("came.CAME", opt.step), ("came_pytorch", reference.step),
+                  ("adamw", adamw.step)]
+    for _, f in contenders:  # warm-up: creates the baselines' state
+        f()
+    rounds = {name: [] for name, _ in contenders}
+    for k in range(args.baseline_repeats):
+        for name, f in contenders[k % 3:] + contenders[:k % 3]:
+            t0 = time.perf_counter()
+            f()
+            rounds[name].append(time.perf_counter() - t0)
+    speedup = {name: statistics.median(b / c for b, c in zip(rounds[name], rounds["came.CAME"]))
+               for name in ("came_pytorch", "adamw")}
 
     print("  %-14s %9.2f ms  (median of %d)" % ("abi", t_raw * 1e3, args.repeats))
-    print("  %-14s %9.2f ms  (median of %d, interleaved with abi)" % ("came.CAME", t_came * 1e3,
-                                                                       args.repeats))
-    print("  %-14s %9.2f ms  (median of %d)" % ("came_pytorch", t_ref * 1e3,
-                                                args.baseline_repeats))
-    print("  %-14s %9.2f ms  (median of %d)" % ("adamw_foreach", t_adamw * 1e3,
-                                                args.baseline_repeats))
+    print("  %-14s %9.2f ms  (median of %d, paired with abi)" % ("came.CAME", t_came * 1e3,
+                                                                  args.repeats))
+    for name, label in (("came.CAME", "came.CAME"), ("came_pytorch", "came_pytorch"),
+                        ("adamw", "adamw_foreach")):
+        print("  %-14s %9.2f ms  (median of %d rounds)" % (
+            label, statistics.median(rounds[name]) * 1e3, args.baseline_repeats))
     print("  binding overhead: outside the library call %.3f ms = %.3f%% of the abi step; "
           "came.CAME / abi: %.3f (medians), %.3f (median of paired steps)"
           % (t_out * 1e3, 100 * t_out / t_raw, t_came / t_raw, pair_ratio))
-    print("  speedup of came.CAME: %.2fx over came_pytorch, %.2fx over AdamW(foreach)" % (
-        t_ref / t_came, t_adamw / t_came))
+    print("  speedup of came.CAME (median over rounds): %.2fx over came_pytorch, %.2fx over "
+          "AdamW(foreach)" % (speedup["came_pytorch"], speedup["adamw"]))
     return 0
 
 
