@@ -8,6 +8,10 @@
 set -euo pipefail
 script="$1"
 bin="$(cd "$2" && pwd)"
+if ! "$bin/came-launch" --help 2>&1 | grep -q -- "--nnodes"; then
+  echo "SKIPPED: this came-launch has no multi-node flags (--nnodes), which came.sbatch runs"
+  exit 77
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/fake" "$work/submit"
