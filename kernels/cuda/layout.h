@@ -38,7 +38,7 @@ namespace came::cuda {
 inline constexpr int kBlockThreads = 256;
 inline constexpr int kWarps = kBlockThreads / 32;
 inline constexpr int64_t kTileRows = 128;
-inline constexpr int64_t kTileCols = 512;  // 32 lanes x 16 columns each
+inline constexpr int64_t kTileCols = 256;  // 32 lanes x 8 columns each
 inline constexpr int64_t kFlatChunk = 65536;
 
 // What the kernels know of one slice; fixed for the life of a CudaCame.

@@ -84,7 +84,8 @@ void ExpectClose(const std::vector<HostTensor>& got, const std::vector<HostTenso
   }
 }
 
-void RunAgainstCpu(DType grad, DType param, const GradKind& kind, int steps) {
+void RunAgainstCpu(DType grad, DType param, const GradKind& kind, int steps,
+                   StepOptions options = {}) {
   const std::vector<TensorSpec> specs = AwkwardSpecs(grad, param);
   TwinModel model(specs, 11);
   CpuCame cpu(model.HostSlices(), 2);
@@ -94,12 +95,13 @@ void RunAgainstCpu(DType grad, DType param, const GradKind& kind, int steps) {
   const std::vector<CameHyper> groups = TwoGroups();
   for (int k = 0; k < steps; ++k) {
     model.NextGradients(kind);
-    const StepResult want = stepper.Step(groups, StepOptions{});
-    ASSERT_TRUE(gpu->Step(groups, StepOptions{}, nullptr).ok());
+    const StepResult want = stepper.Step(groups, options);
+    ASSERT_TRUE(gpu->Step(groups, options, nullptr).ok());
     StepResult got;
     ASSERT_TRUE(gpu->ReadResult(&got, nullptr).ok());
     EXPECT_EQ(got.skipped, want.skipped);
     EXPECT_NEAR(got.grad_norm, want.grad_norm, 1e-9 * want.grad_norm) << "step " << k + 1;
+    EXPECT_NEAR(got.grad_scale, want.grad_scale, 1e-9 * want.grad_scale);
     EXPECT_NEAR(got.min_clip_scale, want.min_clip_scale, 1e-5 * want.min_clip_scale);
   }
   ExpectClose(model.Download(), model.host(), specs,
@@ -115,6 +117,11 @@ TEST(CudaCameTest, MatchesCpuOnAwkwardShapesFloat32) {
 TEST(CudaCameTest, MatchesCpuWithBFloat16GradsAndParams) {
   REQUIRE_DEVICE();
   RunAgainstCpu(DType::kBFloat16, DType::kBFloat16, {}, 12);
+}
+
+TEST(CudaCameTest, MatchesCpuWithGradientNormClipping) {
+  REQUIRE_DEVICE();
+  RunAgainstCpu(DType::kFloat32, DType::kFloat32, {}, 10, StepOptions{.max_grad_norm = 0.5});
 }
 
 TEST(CudaCameTest, MatchesCpuWithFloat16GradsAndParams) {
