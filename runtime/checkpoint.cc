@@ -20,11 +20,13 @@ absl::StatusOr<std::vector<OpenedShard>> OpenAll(const std::vector<std::string>&
   for (size_t i = 0; i < paths.size(); ++i) {
     auto s = OpenShard(paths[i], manifest ? manifest->shard_bytes[i] : -1);
     if (!s.ok()) return s.status();
-    if (manifest && (s->header.step != manifest->step || s->header.world_size != manifest->world_size))
+    if (manifest && (s->header.step != manifest->step || s->header.world_size != manifest->world_size ||
+                     s->header.alignment != manifest->plan_alignment))
       return absl::DataLossError(absl::StrCat(
           paths[i], " is a shard of step ", s->header.step, " at world size ",
-          s->header.world_size, "; its manifest ", manifest->path, " says step ", manifest->step,
-          " at world size ", manifest->world_size));
+          s->header.world_size, " (alignment ", s->header.alignment, "); its manifest ",
+          manifest->path, " says step ", manifest->step, " at world size ", manifest->world_size,
+          " (alignment ", manifest->plan_alignment, ")"));
     shards.push_back(*std::move(s));
   }
   return shards;

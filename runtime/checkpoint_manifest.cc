@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -58,6 +59,31 @@ class Fields {
   std::string where_;
 };
 
+// The fields of format_version 1 that loading does not use: each must still have its type,
+// and no other field may appear (a damaged or foreign manifest is refused, not half-read).
+absl::Status CheckOptionalFields(const std::string& path, const json& j) {
+  static const std::set<std::string> kRequired = {"format", "format_version", "step", "world_size",
+                                                  "plan_alignment", "shards"};
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const json& v = it.value();
+    bool ok = kRequired.contains(key);
+    if (key == "job_id" || key == "checkpoint_id" || key == "backend") ok = v.is_string();
+    if (key == "plan_version" || key == "committed_unix_seconds") ok = v.is_number_integer();
+    if (key == "hyperparameter_defaults") {
+      ok = v.is_object();
+      for (auto h = v.begin(); ok && h != v.end(); ++h) ok = h.value().is_number();
+    }
+    if (key == "tensor_manifest")
+      ok = v.is_object() && v.size() == 2 && v.value("digest", json()).is_string() &&
+           v.value("tensor_count", json()).is_number_integer();
+    if (!ok)
+      return absl::DataLossError(absl::StrCat(path, ": field '", key.substr(0, 64),
+                                              "' is unknown or of the wrong type (a damaged checkpoint?)"));
+  }
+  return absl::OkStatus();
+}
+
 bool IsSha256Hex(const std::string& s) {
   if (s.size() != 64) return false;
   for (char c : s)
@@ -90,6 +116,10 @@ absl::StatusOr<CheckpointManifest> ParseCheckpointManifest(const std::string& te
   if (!world.ok()) return world.status();
   m.step = *step;
   m.world_size = static_cast<int>(*world);
+  auto alignment = top.Int("plan_alignment", 1, int64_t{1} << 30);
+  if (!alignment.ok()) return alignment.status();
+  m.plan_alignment = *alignment;
+  if (absl::Status s = CheckOptionalFields(path, j); !s.ok()) return s;
   auto shards = top.Get("shards");
   if (!shards.ok()) return shards.status();
   if (!(*shards)->is_array() || (*shards)->size() != static_cast<size_t>(m.world_size))
@@ -118,6 +148,7 @@ absl::StatusOr<CheckpointManifest> ParseCheckpointManifest(const std::string& te
     auto sha = f.String("sha256");
     if (!sha.ok()) return sha.status();
     if (!IsSha256Hex(*sha)) return f.Bad("sha256", "must be 64 lowercase hexadecimal digits");
+    if (s.size() != 4) return top.Bad("shards", absl::StrCat("entry ", i, " has fields other than rank, file, bytes and sha256"));
     if (!by_rank.emplace(*rank, i).second)
       return f.Bad("rank", absl::StrCat("repeats rank ", *rank));
     list.push_back({*file, *sha, *bytes});

@@ -23,6 +23,7 @@ struct CheckpointManifest {
   std::string sha256;  // of the manifest's bytes (what ranks compare before they load)
   int64_t step = 0;
   int world_size = 0;
+  int64_t plan_alignment = 1;  // every shard's must be the same
   // One per rank, in rank order.
   std::vector<std::string> shard_paths;
   std::vector<int64_t> shard_bytes;

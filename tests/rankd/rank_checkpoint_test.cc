@@ -50,6 +50,7 @@ class RankCheckpointTest : public ::testing::Test {
     co.world_size = kWorld;
     co.token = "t";
     co.config.checkpoint_dir = (dir_.path / "ckpt").string();
+    co.config.plan_alignment = 16;
     auto coord = service::Coordinator::Create(co);
     ASSERT_TRUE(coord.ok()) << coord.status();
     coord_ = *std::move(coord);
@@ -71,6 +72,7 @@ class RankCheckpointTest : public ::testing::Test {
       RankCoreOptions o;
       o.rank = r;
       o.world_size = kWorld;
+      o.alignment = co.config.plan_alignment;  // as came-rankd follows the job's configuration
       o.shm_prefix = absl::StrCat(prefix, "-r", r);
       o.collective_timeout = kCollectiveTimeout;
       auto core = RankCore::Create(

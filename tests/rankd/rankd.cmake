@@ -23,3 +23,10 @@ if(TARGET came_rankd_core)
     LIBS came_rankd_core came_coordinator_core came_engine rt
     LABELS rankd)
 endif()
+
+if(TARGET came_rankd_core)
+  came_add_test(checkpoint_fuzz_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/checkpoint_fuzz_test.cc
+    LIBS came_rankd_core came_coordinator_core came_engine nlohmann_json::nlohmann_json rt
+    LABELS rankd)
+endif()

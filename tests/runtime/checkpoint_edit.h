@@ -42,7 +42,8 @@ inline std::string SaveCheckpointOf(LocalCluster& c, const std::filesystem::path
   }
   nlohmann::json m = {{"format", "came-checkpoint-manifest"}, {"format_version", 1},
                       {"job_id", "test"},  {"step", step},
-                      {"world_size", c.world_size()}, {"shards", shards}};
+                      {"world_size", c.world_size()}, {"plan_alignment", c.plan().alignment},
+                      {"shards", shards}};
   const std::filesystem::path path = dir / "manifest.json";
   Spit(path, m.dump(2));
   return path.string();

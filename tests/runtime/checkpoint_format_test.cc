@@ -102,11 +102,19 @@ TEST_F(CheckpointFormatTest, ManifestFieldsOfTheWrongTypeOrRangeAreDataLossNamin
       {"format version as a string", [](json& j) { j["format_version"] = "1"; }},
       {"another format version", [](json& j) { j["format_version"] = 2; }},
       {"not a manifest", [](json& j) { j = json::array({1, 2}); }},
+      {"plan alignment as a string", [](json& j) { j["plan_alignment"] = "16"; }},
+      {"no plan alignment", [](json& j) { j.erase("plan_alignment"); }},
+      {"another plan alignment than the shards'", [](json& j) { j["plan_alignment"] = 4; }},
+      {"job id a number", [](json& j) { j["job_id"] = 3; }},
+      {"hyperparameters a string", [](json& j) { j["hyperparameter_defaults"] = "lr=1"; }},
+      {"an unknown field", [](json& j) { j["stpe"] = 2; }},
+      {"a shard with an unknown field", [](json& j) { j["shards"][0]["path"] = "/etc/passwd"; }},
   };
   for (const auto& [what, edit] : edits) {
     testing::Spit(manifest_, original_);
     testing::EditManifest(manifest_, edit);
-    ExpectDataLoss(Load(), manifest_, what);
+    // The alignment mismatch is found in the shards, which name themselves.
+    ExpectDataLoss(Load(), what.starts_with("another plan") ? Shard(0) : manifest_, what);
   }
   testing::Spit(manifest_, "{\"format\": \"came-checkpoint-manifest\", \"step\": ");
   ExpectDataLoss(Load(), manifest_, "truncated JSON");
