@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The compose stack really comes up (label compose): builds the CPU image (Dockerfile.cpu,
-# its build stage compiling the binaries) and the Prometheus image on local Debian base
-# images (mmdebstrap; no registry is needed), brings docker-compose.yml's `cpu` profile up
+# The compose stack really comes up (label compose): builds the CPU images (Dockerfile.cpu's
+# runtime and trainer targets, its build stage compiling the binaries) and the Prometheus
+# image on local Debian base images (mmdebstrap; no registry is needed), brings
+# docker-compose.yml's `cpu` profile up
 # through podman's Docker-compatible socket, checks that the 2-rank training of the demo
 # finishes with exit code 0 in both trainers while the compose network's Prometheus scrapes
 # the coordinator and every rankd (and evaluates the alert rules without error), then takes
@@ -85,19 +86,25 @@ base() {
 docker_dir="$src/deploy/docker"
 build_base="$(base build "$docker_dir/packages-build.txt")"
 runtime_base="$(base runtime "$docker_dir/packages-runtime.txt")"
+trainer_base="$(base trainer "$docker_dir/packages-runtime.txt" "$docker_dir/packages-trainer.txt")"
 prometheus_base="$(base prometheus "$docker_dir/packages-prometheus.txt")"
 
-phase "podman build localhost/came-runtime:cpu (Dockerfile.cpu)"
-podman build -f "$docker_dir/Dockerfile.cpu" --build-arg BUILD_BASE="$build_base" \
-  --build-arg RUNTIME_BASE="$runtime_base" --build-arg JOBS="$(nproc)" \
-  -t localhost/came-runtime:cpu "$src" > "$run/build-cpu.log" 2>&1 \
-  || { echo "image build failed:"; tail -40 "$run/build-cpu.log"; exit 1; }
+for target in runtime trainer; do  # the second build reuses the first's build stage
+  phase "podman build localhost/came-$target:cpu (Dockerfile.cpu, target $target)"
+  podman build -f "$docker_dir/Dockerfile.cpu" --target "$target" \
+    --build-arg BUILD_BASE="$build_base" --build-arg RUNTIME_BASE="$runtime_base" \
+    --build-arg TRAINER_BASE="$trainer_base" --build-arg JOBS="$(nproc)" \
+    -t "localhost/came-$target:cpu" "$src" > "$run/build-$target.log" 2>&1 \
+    || { echo "image build failed:"; tail -40 "$run/build-$target.log"; exit 1; }
+done
 phase "podman build localhost/came-prometheus:latest (Dockerfile.prometheus)"
 podman build -f "$docker_dir/Dockerfile.prometheus" --build-arg BASE="$prometheus_base" \
   -t localhost/came-prometheus:latest "$src" > "$run/build-prometheus.log" 2>&1 \
   || { echo "image build failed:"; tail -20 "$run/build-prometheus.log"; exit 1; }
 podman image prune -f > /dev/null  # the untagged build stages
-phase "images: $(podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' localhost/came-runtime:cpu)"
+for image in localhost/came-runtime:cpu localhost/came-trainer:cpu localhost/came-prometheus:latest; do
+  phase "image $image: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=iec) bytes"
+done
 
 # -- the cpu profile ---------------------------------------------------------------------------
 head -c 32 /dev/urandom | base64 > "$run/token"
