@@ -17,7 +17,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class RankClient:
     """Calls one rankd. Thread-safe as far as grpc channels are; close() when done."""
 
-    def __init__(self, address, token, timeout=600.0):
+    def __init__(self, address, token, timeout=600.0, tls_ca=None):
+        """tls_ca: a PEM file of the CA (or self-signed certificate) that rankd's --tls-cert
+        chains to; with it the channel is TLS, without it plaintext (loopback only)."""
         if not address:
             raise ValueError("no rankd address: pass address= or set CAME_RANKD_ADDRESS")
         if token is None:
@@ -25,10 +27,16 @@ class RankClient:
         self.address = address
         self.timeout = float(timeout)
         self._metadata = (("authorization", "Bearer " + token),)
-        self._channel = grpc.insecure_channel(address, options=[
+        options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ])
+        ]
+        if tls_ca is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            with open(tls_ca, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = rank_pb2_grpc.RankStub(self._channel)
 
     def attach(self, request):
