@@ -208,28 +208,28 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   if (broken_)
     return absl::FailedPreconditionError(
         "the engine is unusable after a failed collective; restart from a checkpoint");
-  if (!inputs.lr.empty() && inputs.lr.size() != options_.groups.size())
-    return absl::InvalidArgumentError(absl::StrCat("expected ", options_.groups.size(),
-                                                   " learning rates (one per group), got ",
-                                                   inputs.lr.size()));
-  if (!inputs.weight_decay.empty() && inputs.weight_decay.size() != options_.groups.size())
-    return absl::InvalidArgumentError(absl::StrCat("expected ", options_.groups.size(),
-                                                   " weight decays (one per group), got ",
-                                                   inputs.weight_decay.size()));
-  for (size_t g = 0; g < inputs.lr.size(); ++g)
-    if (!(inputs.lr[g] >= 0) || !std::isfinite(inputs.lr[g]))
-      return absl::InvalidArgumentError(absl::StrCat("lr of group ", g, " must be >= 0"));
-  for (size_t g = 0; g < inputs.weight_decay.size(); ++g)
-    if (!(inputs.weight_decay[g] >= 0) || !std::isfinite(inputs.weight_decay[g]))
-      return absl::InvalidArgumentError(absl::StrCat("weight_decay of group ", g, " must be >= 0"));
-  const double max_grad_norm = inputs.max_grad_norm.value_or(options_.max_grad_norm);
-  if (!(max_grad_norm >= 0) || !std::isfinite(max_grad_norm))
-    return absl::InvalidArgumentError("max_grad_norm must be >= 0 (0: no clipping)");
-  for (size_t g = 0; g < step_groups_.size(); ++g) {
-    step_groups_[g].lr = inputs.lr.empty() ? options_.groups[g].lr : inputs.lr[g];
-    step_groups_[g].weight_decay =
-        inputs.weight_decay.empty() ? options_.groups[g].weight_decay : inputs.weight_decay[g];
+  // This step's hyperparameters; invalid inputs still take part in the round (so that every
+  // rank fails together) with `error` saying what is wrong.
+  std::string error;
+  const size_t groups = options_.groups.size();
+  auto count_error = [&](const char* what, size_t n) {
+    if (n != 0 && n != groups && error.empty())
+      error = absl::StrCat("expected ", groups, " ", what, " (one per group), got ", n);
+  };
+  count_error("hyperparameter sets", inputs.groups.size());
+  count_error("learning rates", inputs.lr.size());
+  count_error("weight decays", inputs.weight_decay.size());
+  for (size_t g = 0; g < groups && error.empty(); ++g) {
+    CameHyper h = inputs.groups.empty() ? options_.groups[g] : inputs.groups[g];
+    if (!inputs.lr.empty()) h.lr = inputs.lr[g];
+    if (!inputs.weight_decay.empty()) h.weight_decay = inputs.weight_decay[g];
+    step_groups_[g] = h;
+    if (absl::Status s = ValidateHyper(h, g); !s.ok()) error = std::string(s.message());
   }
+  const double max_grad_norm = inputs.max_grad_norm.value_or(options_.max_grad_norm);
+  if (error.empty() && (!(max_grad_norm >= 0) || !std::isfinite(max_grad_norm)))
+    error = "max_grad_norm must be >= 0 (0: no clipping)";
+  if (absl::Status s = Round(&inputs, error, {}); !s.ok()) return s;
 
   using Clock = std::chrono::steady_clock;
   const absl::Duration timeout = options_.collective_timeout;
@@ -282,6 +282,7 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   if (!std::isfinite(sum_sq)) {
     out.skipped = true;
     out.seconds.total = SecondsSince(t_start);
+    last_step_ = inputs.step;
     return out;
   }
   out.grad_scale = GradNormScale(out.grad_norm, max_grad_norm);
@@ -336,6 +337,7 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   out.bytes_stats = delta(comm::CollectiveKind::kAllReduce);
   out.bytes_all_gather = delta(comm::CollectiveKind::kAllGather);
   ++steps_taken_;
+  last_step_ = inputs.step;
   return out;
 }
 

@@ -26,6 +26,20 @@
 // gradients are unaffected.
 // EngineOptions::reduce_in_float32 reduces 16-bit gradients in float32 instead.
 //
+// Note [Step rounds]
+// Every collective call of the engine (Step, ExportState) opens with one small all-reduce,
+// the round header, so that the ranks agree on what they do before any state changes. It
+// carries (kind, valid, last step, step, max_grad_norm, every group's hyperparameters), each
+// value v as (v, -v) reduced with max, so every rank learns each value's max and min.
+//  - If any rank exports, the round is an export round: every rank contributes its shard
+//    (ExportState's layout); a rank whose call is a Step serves the export and then opens
+//    the next round for its step. So a trainer may call ExportState alone (only rank 0
+//    saving, as in Hugging Face Trainer under torch.distributed): the others serve it from
+//    their next Step.
+//  - In a step round, a rank whose inputs are invalid sends valid = 0, and any value whose
+//    min and max differ (step number, lr, betas, ...) is a disagreement: every rank fails the
+//    step with InvalidArgument naming the value, and nothing changes anywhere.
+//
 // Thread-safety: Step and the state accessors must be called from one thread at a time.
 #pragma once
 
@@ -66,11 +80,14 @@ struct EngineOptions {
 };
 
 // Per-step inputs; each set value overrides the engine's option for this step (LR
-// schedulers, torch param_groups edited between steps).
+// schedulers, torch param_groups edited between steps): `groups` replaces every
+// hyperparameter of each group, then `lr` and `weight_decay` replace those two. Every rank
+// must pass the same values (Note [Step rounds]).
 struct StepInputs {
   int64_t step = 0;
   std::vector<double> lr;            // empty, or one per group
   std::vector<double> weight_decay;  // empty, or one per group
+  std::vector<CameHyper> groups;     // empty, or one per group
   std::optional<double> max_grad_norm;
 };
 
@@ -100,6 +117,17 @@ struct StateBytes {
   int64_t second_moment = 0;  // exp_avg_sq of unfactored pieces
   int64_t factored = 0;     // row/column statistics (sq and res)
   int64_t total() const { return master + momentum + second_moment + factored; }
+};
+
+// Where ExportState puts the whole optimizer state, in floats: exp_avg of every element in
+// flat-buffer order (plan.used_size values, a tensor at its plan offset), exp_avg_sq likewise
+// (0 for factored tensors), then for each factored tensor t from factored[t]: exp_avg_sq_row
+// (rows), exp_avg_sq_col (cols), exp_avg_res_row (rows), exp_avg_res_col (cols).
+struct StateLayout {
+  int64_t exp_avg = 0;
+  int64_t exp_avg_sq = 0;
+  std::vector<int64_t> factored;  // per tensor; -1 when unfactored
+  int64_t size = 0;
 };
 
 // This rank's state of one tensor (for tests, checkpoints and diagnostics).
@@ -142,11 +170,32 @@ class ShardedCame {
   // SetTensorState); collective.
   absl::Status GatherParameters();
 
+  // Returns where ExportState puts each part of the state for `plan`.
+  static StateLayout StateLayoutOf(const ShardPlan& plan);
+  // Writes the whole optimizer state (every rank's shard) into `out` (StateLayoutOf(plan())
+  // .size floats). Collective: the other ranks take part from their own ExportState or their
+  // next Step (Note [Step rounds]). FailedPrecondition when the ranks hold the state of
+  // different steps; a communicator failure breaks the engine as in Step.
+  absl::Status ExportState(std::span<float> out);
+  // Replaces this rank's state with its part of `in`, a whole state in StateLayoutOf(plan())
+  // (from any world size), which follows step `step`; low-precision parameters' fp32 master
+  // copy restarts from the parameter buffer. Not collective. InvalidArgument naming the
+  // tensor when a value is not finite or a second moment is negative; nothing changes then.
+  absl::Status ImportState(std::span<const float> in, int64_t step);
+  // The number of the step the state follows (the last Step's, or what a load set).
+  int64_t last_step() const { return last_step_; }
+  void set_last_step(int64_t step) { last_step_ = step; }
+
  private:
   struct Piece;  // one ShardPiece with its state buffers
   ShardedCame(const ShardPlan& plan, comm::Communicator* comm, void* params, void* grads,
               EngineOptions options);
   absl::Status Init();
+  // Runs rounds (Note [Step rounds]) until one of this call's kind: serves the export rounds
+  // in between when this call is a step. `inputs` is null for an export; `error` is this
+  // rank's verdict on its own inputs ("" when valid). Defined in sharded_came_state.cc.
+  absl::Status Round(const StepInputs* inputs, const std::string& error, std::span<float> out);
+  absl::Status GatherState(std::span<float> out);
   absl::Status CompleteSums(std::span<double> local, int kind, double* extra,
                             absl::Duration timeout);
 
@@ -171,6 +220,8 @@ class ShardedCame {
   std::vector<CameHyper> step_groups_;
   bool broken_ = false;
   int64_t steps_taken_ = 0;
+  int64_t last_step_ = 0;
+  std::vector<double> header_;           // round header scratch
 };
 
 }  // namespace came

@@ -36,7 +36,23 @@ std::string RandomId() {
   return absl::StrCat(absl::Hex(static_cast<uint64_t>(rd()) << 32 | rd(), absl::kZeroPad16));
 }
 
+// A failure of the engine that leaves it usable (a refused step or export: nothing changed
+// on any rank); any other failure fails the job.
+bool Recoverable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kInvalidArgument ||
+         s.code() == absl::StatusCode::kFailedPrecondition;
+}
+
 }  // namespace
+
+CameHyper HyperOverride::Apply(CameHyper h) const {
+  for (auto [value, field] : {std::pair{&lr, &h.lr}, std::pair{&eps1, &h.eps1},
+                              std::pair{&eps2, &h.eps2}, std::pair{&clip_threshold, &h.clip_threshold},
+                              std::pair{&beta1, &h.beta1}, std::pair{&beta2, &h.beta2},
+                              std::pair{&beta3, &h.beta3}, std::pair{&weight_decay, &h.weight_decay}})
+    if (value->has_value()) *field = **value;
+  return h;
+}
 
 absl::Status ValidateManifest(const Manifest& m) {
   using namespace came::service;  // limits
@@ -108,6 +124,8 @@ struct RankCore::Attachment {
   std::unique_ptr<SharedBuffer> params, grads;
   std::unique_ptr<ShardedCame> engine;
   int64_t last_step = 0;
+  std::unique_ptr<SharedBuffer> state;  // the last ExportState's or ReserveStateBuffer's
+  int64_t state_buffers = 0;
 };
 
 RankCore::RankCore(RankCoreOptions options, std::unique_ptr<comm::Communicator> comm,
@@ -281,10 +299,6 @@ void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> d
 
 void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
   if (call.step < 1) return done(Invalid(absl::StrCat("step must be >= 1, got ", call.step)));
-  for (double lr : call.lr)
-    if (!std::isfinite(lr) || lr < 0) return done(Invalid("lr must be finite and >= 0"));
-  for (double wd : call.weight_decay)
-    if (!std::isfinite(wd) || wd < 0) return done(Invalid("weight_decay must be finite and >= 0"));
   if (!std::isfinite(call.max_grad_norm) || call.max_grad_norm < 0)
     return done(Invalid("max_grad_norm must be finite and >= 0 (0: off)"));
   Enqueue([this, call = std::move(call), done = std::move(done)](absl::Status aborted) mutable {
@@ -298,17 +312,26 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
       return done(absl::FailedPreconditionError(absl::StrCat(
           "step ", call.step, " is out of order: step ", a.last_step,
           " was already taken (steps must increase)")));
-    if (call.lr.size() != a.manifest.groups.size())
-      return done(Invalid(absl::StrCat("expected one lr per parameter group (",
-                                       a.manifest.groups.size(), "), got ", call.lr.size())));
+    const size_t groups = a.manifest.groups.size();
+    if (call.lr.size() != groups)
+      return done(Invalid(absl::StrCat("expected one lr per parameter group (", groups,
+                                       "), got ", call.lr.size())));
+    if (!call.hyper.empty() && call.hyper.size() != groups)
+      return done(Invalid(absl::StrCat("expected one set of hyperparameters per parameter group (",
+                                       groups, "), got ", call.hyper.size())));
+    a.state.reset();  // the trainer has read the last exported state by now
     StepInputs in;
     in.step = call.step;
-    in.lr = call.lr;
-    in.weight_decay = call.weight_decay;
+    for (size_t g = 0; g < groups; ++g) {
+      CameHyper h = a.manifest.groups[g];
+      h.lr = call.lr[g];
+      if (!call.weight_decay.empty()) h.weight_decay = call.weight_decay[g];
+      in.groups.push_back(call.hyper.empty() ? h : call.hyper[g].Apply(h));
+    }
     in.max_grad_norm = call.max_grad_norm;
     auto stats = a.engine->Step(in);
     if (!stats.ok()) {
-      if (stats.status().code() == absl::StatusCode::kInvalidArgument) return done(stats.status());
+      if (Recoverable(stats.status())) return done(stats.status());
       Abort(stats.status());
       return done(RankCore::aborted());  // the first reason: another rank's death rather than our abort
     }
@@ -430,7 +453,79 @@ void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
       return done(RankCore::aborted());
     }
     a.last_step = manifest->step;
+    a.engine->set_last_step(manifest->step);
     done(LoadedCheckpoint{path, manifest->step, manifest->world_size});
+  });
+}
+
+namespace {
+
+// Replaces `slot` with a new zeroed shared buffer of the engine's state layout.
+absl::StatusOr<StateTransfer> NewStateBuffer(const std::string& name, const ShardedCame& engine,
+                                             std::unique_ptr<SharedBuffer>& slot) {
+  slot.reset();
+  StateTransfer t;
+  t.layout = ShardedCame::StateLayoutOf(engine.plan());
+  t.buffer_bytes = static_cast<size_t>(t.layout.size) * sizeof(float);
+  auto buffer = SharedBuffer::Create(name, t.buffer_bytes);
+  if (!buffer.ok()) return buffer.status();
+  slot = *std::move(buffer);
+  t.buffer_name = slot->name();
+  t.step = engine.last_step();
+  return t;
+}
+
+}  // namespace
+
+absl::StatusOr<StateTransfer> RankCore::StateBufferOnWorker() {
+  Attachment& a = *attachment_;
+  return NewStateBuffer(
+      absl::StrCat(options_.shm_prefix, "-", attach_count_, "-state-", ++a.state_buffers),
+      *a.engine, a.state);
+}
+
+void RankCore::ExportState(std::string id, Done<absl::StatusOr<StateTransfer>> done) {
+  Enqueue([this, id = std::move(id), done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    Attachment& a = *attachment_;
+    auto t = StateBufferOnWorker();
+    if (!t.ok()) return done(t.status());
+    absl::Status s = a.engine->ExportState(
+        {static_cast<float*>(a.state->data()), static_cast<size_t>(t->layout.size)});
+    if (!s.ok()) {
+      a.state.reset();
+      if (Recoverable(s)) return done(s);
+      Abort(s);
+      return done(RankCore::aborted());
+    }
+    done(*std::move(t));
+  });
+}
+
+void RankCore::ReserveStateBuffer(std::string id, Done<absl::StatusOr<StateTransfer>> done) {
+  Enqueue([this, id = std::move(id), done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    done(StateBufferOnWorker());
+  });
+}
+
+void RankCore::ImportState(std::string id, int64_t step, Done<absl::Status> done) {
+  if (step < 0) return done(Invalid(absl::StrCat("step must be >= 0, got ", step)));
+  Enqueue([this, id = std::move(id), step, done = std::move(done)](absl::Status aborted) mutable {
+    if (!aborted.ok()) return done(aborted);
+    if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    Attachment& a = *attachment_;
+    if (a.state == nullptr)
+      return done(absl::FailedPreconditionError(
+          "no state buffer to import: call ReserveStateBuffer and fill it first"));
+    const size_t n = static_cast<size_t>(ShardedCame::StateLayoutOf(a.plan).size);
+    absl::Status s = a.engine->ImportState({static_cast<const float*>(a.state->data()), n}, step);
+    a.state.reset();
+    if (!s.ok()) return done(s);
+    a.last_step = step;
+    done(absl::OkStatus());
   });
 }
 

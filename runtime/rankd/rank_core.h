@@ -10,13 +10,17 @@
 // per optimizer step, numbers strictly increasing), Detach. Each call validates its input
 // at once on the caller's thread (bad input never reaches the queue and changes nothing),
 // then runs in arrival order on the worker thread, and reports through its callback, which
-// may run on either thread. After Abort (the job failed, or a collective failed) every
-// queued and later call fails with the abort's status.
+// may run on either thread. A step's hyperparameter values are the exception: the engine
+// checks them in the step's round, so that every rank fails that step together
+// (Note [Step rounds] in runtime/sharded_came.h); nothing changes then either. After Abort
+// (the job failed, or a collective failed) every queued and later call fails with the
+// abort's status.
 #pragma once
 
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,12 +56,28 @@ struct Layout {
   std::string digest;       // the manifest digest agreed with the other ranks
 };
 
+// Hyperparameters a step sets for one group; unset values keep the group's Attach value.
+struct HyperOverride {
+  std::optional<double> lr, eps1, eps2, clip_threshold, beta1, beta2, beta3, weight_decay;
+  // Returns `base` with the set values replaced.
+  CameHyper Apply(CameHyper base) const;
+};
+
 struct StepCall {
   std::string attachment_id;
   int64_t step = 0;
   std::vector<double> lr;            // one per group
   std::vector<double> weight_decay;  // empty, or one per group
+  std::vector<HyperOverride> hyper;  // empty, or one per group; wins over lr and weight_decay
   double max_grad_norm = 0.0;        // 0: off
+};
+
+// A whole optimizer state in a shared buffer (ShardedCame::StateLayoutOf's layout).
+struct StateTransfer {
+  std::string buffer_name;
+  size_t buffer_bytes = 0;
+  StateLayout layout;
+  int64_t step = 0;  // the step the state follows
 };
 
 struct StepOutcome {
@@ -138,6 +158,17 @@ class RankCore {
   // Collective.
   void LoadCheckpoint(std::string attachment_id, std::string manifest_path,
                       Done<absl::StatusOr<LoadedCheckpoint>> done);
+  // Gathers the whole optimizer state into a new shared buffer (kept until this
+  // attachment's next call). Collective: the other ranks take part from their own
+  // ExportState or their next Step (Note [Step rounds]).
+  void ExportState(std::string attachment_id, Done<absl::StatusOr<StateTransfer>> done);
+  // Returns a zeroed shared buffer of the state layout for the trainer to fill, then
+  // ImportState. Not collective.
+  void ReserveStateBuffer(std::string attachment_id, Done<absl::StatusOr<StateTransfer>> done);
+  // Replaces this rank's optimizer state with its part of the reserved buffer, the state
+  // after step `step`; the next step must be numbered above it. Not collective: every
+  // rank's trainer imports the same state. Releases the buffer.
+  void ImportState(std::string attachment_id, int64_t step, Done<absl::Status> done);
 
   // Fails the job: aborts the communicator (a collective in flight returns) and fails every
   // queued and later call with `reason`. Thread-safe; the first reason wins.
@@ -156,6 +187,8 @@ class RankCore {
   void Enqueue(absl::AnyInvocable<void(absl::Status aborted)> task);
   void WorkerLoop();
   absl::Status CheckAttachment(const std::string& id) const;  // worker thread only
+  // Replaces the attachment's state buffer with a new zeroed one; worker thread only.
+  absl::StatusOr<StateTransfer> StateBufferOnWorker();
 
   const RankCoreOptions options_;
   std::unique_ptr<comm::Communicator> comm_;

@@ -36,6 +36,19 @@ void HyperToProto(const CameHyper& h, v1::CameHyperparameters* p) {
   p->set_weight_decay(h.weight_decay);
 }
 
+HyperOverride HyperOverrideFromProto(const v1::CameHyperparameters& h) {
+  HyperOverride o;
+  if (h.has_lr()) o.lr = h.lr();
+  if (h.has_eps1()) o.eps1 = h.eps1();
+  if (h.has_eps2()) o.eps2 = h.eps2();
+  if (h.has_clip_threshold()) o.clip_threshold = h.clip_threshold();
+  if (h.has_beta1()) o.beta1 = h.beta1();
+  if (h.has_beta2()) o.beta2 = h.beta2();
+  if (h.has_beta3()) o.beta3 = h.beta3();
+  if (h.has_weight_decay()) o.weight_decay = h.weight_decay();
+  return o;
+}
+
 absl::StatusOr<Manifest> ManifestFromProto(const v1::AttachRequest& req, const CameHyper& defaults) {
   Manifest m;
   m.tensors.reserve(req.tensors_size());

@@ -17,6 +17,9 @@ v1::DType DTypeToProto(DType t);
 // Writes every field of `h` (all set explicitly: an explicit 0 is a value).
 void HyperToProto(const CameHyper& h, v1::CameHyperparameters* out);
 
+// Returns the values a step sets (the fields present in `h`).
+HyperOverride HyperOverrideFromProto(const v1::CameHyperparameters& h);
+
 // Converts a proto manifest; InvalidArgument for unknown dtypes. Unset hyperparameters take
 // `defaults` (the job's configuration). Limits are checked by ValidateManifest.
 absl::StatusOr<Manifest> ManifestFromProto(const v1::AttachRequest& req, const CameHyper& defaults);

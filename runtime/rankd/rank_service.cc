@@ -32,6 +32,19 @@ grpc::ServerUnaryReactor* Handle(grpc::CallbackServerContext* ctx, const std::st
   return reactor;
 }
 
+void StateTransferToProto(const StateTransfer& t, v1::StateBuffer* out) {
+  v1::SharedBuffer* b = out->mutable_buffer();
+  b->set_name(t.buffer_name);
+  b->set_bytes(static_cast<int64_t>(t.buffer_bytes));
+  b->set_dtype(v1::DTYPE_FLOAT32);
+  b->set_device(-1);
+  out->set_numel(t.layout.size);
+  out->set_step(t.step);
+  out->set_exp_avg_offset(t.layout.exp_avg);
+  out->set_exp_avg_sq_offset(t.layout.exp_avg_sq);
+  for (int64_t f : t.layout.factored) out->add_factored_offsets(f);
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* RankService::Attach(grpc::CallbackServerContext* ctx,
@@ -90,11 +103,15 @@ grpc::ServerUnaryReactor* RankService::Step(grpc::CallbackServerContext* ctx,
     StepCall call;
     call.attachment_id = req->attachment_id();
     call.step = req->step();
-    bool any_wd = false;
+    bool any_wd = false, any_hyper = false;
     for (const v1::GroupStepScalars& g : req->groups()) {
       call.lr.push_back(g.lr());
       any_wd |= g.has_weight_decay();
+      any_hyper |= g.has_hyperparameters();
     }
+    if (any_hyper)
+      for (const v1::GroupStepScalars& g : req->groups())
+        call.hyper.push_back(HyperOverrideFromProto(g.hyperparameters()));
     if (any_wd) {
       for (const v1::GroupStepScalars& g : req->groups()) {
         if (!g.has_weight_decay())
@@ -170,6 +187,39 @@ grpc::ServerUnaryReactor* RankService::Detach(grpc::CallbackServerContext* ctx,
                                               const v1::DetachRequest* req, v1::DetachResponse*) {
   return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
     core_->Detach(req->attachment_id(), [reactor](absl::Status s) {
+      reactor->Finish(service::ToGrpcStatus(s));
+    });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::ExportState(grpc::CallbackServerContext* ctx,
+                                                   const v1::ExportStateRequest* req,
+                                                   v1::StateBuffer* resp) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    core_->ExportState(req->attachment_id(), [reactor, resp](absl::StatusOr<StateTransfer> t) {
+      if (t.ok()) StateTransferToProto(*t, resp);
+      reactor->Finish(service::ToGrpcStatus(t.status()));
+    });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::ReserveStateBuffer(grpc::CallbackServerContext* ctx,
+                                                          const v1::ReserveStateBufferRequest* req,
+                                                          v1::StateBuffer* resp) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    core_->ReserveStateBuffer(req->attachment_id(),
+                              [reactor, resp](absl::StatusOr<StateTransfer> t) {
+                                if (t.ok()) StateTransferToProto(*t, resp);
+                                reactor->Finish(service::ToGrpcStatus(t.status()));
+                              });
+  });
+}
+
+grpc::ServerUnaryReactor* RankService::ImportState(grpc::CallbackServerContext* ctx,
+                                                   const v1::ImportStateRequest* req,
+                                                   v1::ImportStateResponse*) {
+  return Handle(ctx, token_, [&](grpc::ServerUnaryReactor* reactor) {
+    core_->ImportState(req->attachment_id(), req->step(), [reactor](absl::Status s) {
       reactor->Finish(service::ToGrpcStatus(s));
     });
   });

@@ -31,6 +31,15 @@ class RankService final : public v1::Rank::CallbackService {
                                            v1::LoadCheckpointResponse* resp) override;
   grpc::ServerUnaryReactor* Detach(grpc::CallbackServerContext* ctx, const v1::DetachRequest* req,
                                    v1::DetachResponse* resp) override;
+  grpc::ServerUnaryReactor* ExportState(grpc::CallbackServerContext* ctx,
+                                        const v1::ExportStateRequest* req,
+                                        v1::StateBuffer* resp) override;
+  grpc::ServerUnaryReactor* ReserveStateBuffer(grpc::CallbackServerContext* ctx,
+                                               const v1::ReserveStateBufferRequest* req,
+                                               v1::StateBuffer* resp) override;
+  grpc::ServerUnaryReactor* ImportState(grpc::CallbackServerContext* ctx,
+                                        const v1::ImportStateRequest* req,
+                                        v1::ImportStateResponse* resp) override;
 
  private:
   RankCore* core_;

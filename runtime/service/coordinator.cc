@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "kernels/hyper_check.h"
 #include "nlohmann/json.hpp"
 #include "runtime/service/checkpoint_files.h"
 #include "runtime/service/limits.h"
@@ -36,18 +37,9 @@ std::string RandomJobId() {
 }
 
 absl::Status CheckHyper(const CameHyper& h) {
-  const double values[] = {h.lr,    h.eps1,  h.eps2,  h.clip_threshold,
-                           h.beta1, h.beta2, h.beta3, h.weight_decay};
-  bool ok = std::all_of(std::begin(values), std::end(values),
-                        [](double v) { return std::isfinite(v) && v >= 0; });
-  ok = ok && h.beta1 < 1 && h.beta2 < 1 && h.beta3 < 1 && h.eps1 > 0 && h.eps2 > 0 &&
-       h.clip_threshold > 0;
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        "hyperparameters must be finite, betas in [0, 1), eps and clip_threshold > 0, "
-        "lr and weight_decay >= 0");
-  }
-  return absl::OkStatus();
+  const std::string error = HyperError(h);
+  if (error.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError("the job's default hyperparameters: " + error);
 }
 
 std::vector<int> MissingRanks(const std::vector<int>& present, int world_size) {

@@ -25,6 +25,7 @@ import importlib
 _LAZY = {
     "CAME": ".optim",
     "CameError": ".errors",
+    "InvalidArgumentError": ".errors",
     "LaunchEnv": ".launch_env",
     "launch_env": ".launch_env",
     "RankClient": ".rank_client",

@@ -19,3 +19,8 @@ class CameError(RuntimeError):
         self.code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.details = details or ""
         super().__init__("Rank.%s failed: %s: %s" % (method, self.code_name, self.details))
+
+
+class InvalidArgumentError(CameError, ValueError):
+    """rankd refused a value (INVALID_ARGUMENT), e.g. a hyperparameter: the details say
+    which and why, with the rule every entry point shares (kernels/hyper_check.h)."""

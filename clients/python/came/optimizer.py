@@ -12,25 +12,29 @@ updated values when Step returns. zero_grad() always zeroes the gradient buffer 
 Before every Step the optimizer re-points a .grad or .data that user code replaced
 (copying its values into the buffer), so `p.grad = None` and set_to_none=True are safe.
 
-Optimizer state (momentum, factored statistics) is held by rankd, sharded across ranks:
-state_dict() holds only the param_groups' hyperparameters. Checkpoint the optimizer
-through the service: save_checkpoint() / load_checkpoint().
+Optimizer state (momentum, factored statistics) is held by rankd, sharded across ranks.
+state_dict() gathers it from every rank into torch's layout with came-pytorch's names (Note
+[State dict layout] in _state.py); load_state_dict() takes such a dict from any world size,
+came_pytorch.CAME or came.CAME and reshards it. Every hyperparameter of every group (lr,
+betas, eps, clip_threshold, weight_decay) is sent with each step, so any torch scheduler
+works; rankd checks the values (kernels/hyper_check.h, the one rule of every entry point) and
+refuses a bad one with InvalidArgumentError (a ValueError) naming it. The service's own
+checkpoints (save_checkpoint() / load_checkpoint()) also keep the fp32 master copy of
+16-bit parameters.
 """
 
 import dataclasses
-import math
 from typing import Dict, Optional
 
 import torch
 from torch.optim.optimizer import Optimizer, required
 
+from . import _state
 from ._proto import common_pb2, rank_pb2
 from .launch_env import launch_env
 from .rank_client import RankClient
 from .shm import SharedTensorBuffer, proto_dtype
 
-# Hyperparameters fixed at Attach; only lr and weight_decay may change between steps.
-_FIXED_AT_ATTACH = ("betas", "eps", "clip_threshold")
 # Detach from __del__ must not hang interpreter shutdown.
 _DEL_DETACH_TIMEOUT = 5.0
 
@@ -104,26 +108,16 @@ def _normalize_groups(params):
 
 
 def _hyperparameters(group):
-    b1, b2, b3 = group["betas"]
-    e1, e2 = group["eps"]
+    """Returns a group's values for rankd, which checks them (Note [Step rounds])."""
+    if len(group["betas"]) != 3 or len(group["eps"]) != 2:
+        raise ValueError("betas must be three values and eps two, got betas=%r, eps=%r" %
+                         (group["betas"], group["eps"]))
+    b1, b2, b3 = (float(b) for b in group["betas"])
+    e1, e2 = (float(e) for e in group["eps"])
     # Every field is sent explicitly: rankd treats a present field as set.
     return common_pb2.CameHyperparameters(
         lr=group["lr"], eps1=e1, eps2=e2, clip_threshold=group["clip_threshold"],
         beta1=b1, beta2=b2, beta3=b3, weight_decay=group["weight_decay"])
-
-
-def _check_group(group):
-    lr, betas, eps = group["lr"], group["betas"], group["eps"]
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError("invalid learning rate %r" % lr)
-    if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError("betas must be three values in [0, 1), got %r" % (betas,))
-    if len(eps) != 2 or not all(e >= 0 for e in eps):
-        raise ValueError("eps must be two values >= 0, got %r" % (eps,))
-    if not group["clip_threshold"] > 0:
-        raise ValueError("clip_threshold must be > 0, got %r" % group["clip_threshold"])
-    if not group["weight_decay"] >= 0:
-        raise ValueError("weight_decay must be >= 0, got %r" % group["weight_decay"])
 
 
 class ShardedCAME(Optimizer):
@@ -135,9 +129,9 @@ class ShardedCAME(Optimizer):
         "params" may hold (name, parameter) pairs). All parameters share one dtype
         (float32, bfloat16 or float16) and live on the CPU.
       lr, betas=(b1, b2, b3), eps=(e1, e2), clip_threshold, weight_decay: as in
-        came-pytorch 0.1.3; a group dict may override any of them. lr and weight_decay
-        are sent with every step (LR schedulers work); betas, eps and clip_threshold are
-        fixed at Attach.
+        came-pytorch 0.1.3; a group dict may override any of them. Every one is sent with
+        every step (any torch scheduler works, OneCycleLR's momentum cycling included) and
+        checked by rankd.
       max_grad_norm: clip by global gradient norm before the step (None: off).
       address, token: the rankd (host:port) and its bearer token; default to
         CAME_RANKD_ADDRESS and CAME_TOKEN, as set by came-launch.
@@ -157,7 +151,6 @@ class ShardedCAME(Optimizer):
         super().__init__(groups, defaults)
         for group in self.param_groups:
             group["betas"], group["eps"] = tuple(group["betas"]), tuple(group["eps"])
-            _check_group(group)
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError("max_grad_norm must be > 0 or None, got %r" % max_grad_norm)
         self.max_grad_norm = max_grad_norm
@@ -166,7 +159,6 @@ class ShardedCAME(Optimizer):
         if len(set(names)) != len(names):
             raise ValueError("parameter names must be unique")
         self._dtype = self._check_params()
-        self._fixed = [{k: g[k] for k in _FIXED_AT_ATTACH} for g in self.param_groups]
 
         env = launch_env(address=address, token=token)
         self._client = RankClient(env.address, env.token, timeout)
@@ -264,22 +256,56 @@ class ShardedCAME(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_fixed(self.param_groups)
         self._claim_buffers()
         self._step += 1  # even if the call fails: step numbers never repeat
         request = rank_pb2.StepRequest(
             attachment_id=self.attachment_id, step=self._step,
             groups=[rank_pb2.GroupStepScalars(lr=g["lr"], weight_decay=g["weight_decay"],
-                                              has_weight_decay=True)
+                                              has_weight_decay=True,
+                                              hyperparameters=_hyperparameters(g))
                     for g in self.param_groups],
             max_grad_norm=self.max_grad_norm or 0.0)
         self.last_step_stats = StepStats.from_proto(self._client.step(request))
         return loss
 
+    def state_dict(self):
+        """Returns torch's state dict: param_groups, and "state" with every parameter's
+        optimizer state gathered from all ranks (Note [State dict layout] in _state.py).
+
+        Collective over the ranks, but only the ranks that want the state call it: the
+        others take part from their own state_dict() or, if their trainer does not call it
+        (e.g. only rank 0 saves), from their next step() (Note [Step rounds] in
+        runtime/sharded_came.h)."""
+        self._check_open()
+        state_dict = super().state_dict()
+        exported = self._client.export_state(self.attachment_id)
+        state_dict["state"] = _state.read(exported, self.attach_response.tensors, self._params)
+        return state_dict
+
     def load_state_dict(self, state_dict):
-        """Loads param_groups' hyperparameters; optimizer state comes from load_checkpoint()."""
-        self._check_fixed(state_dict["param_groups"])
-        super().load_state_dict(state_dict)
+        """Loads a state dict of ShardedCAME (any world size), came.CAME or
+        came_pytorch.CAME: hyperparameters and the optimizer state of every parameter,
+        resharded onto this rank. Every rank's trainer loads the same dict. A dict without
+        optimizer state is refused (ValueError), as is one whose entries do not fit the
+        parameters; nothing changes then."""
+        self._check_open()
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if groups is None or len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(mine["params"])
+                for g, mine in zip(groups, self.param_groups)):
+            raise ValueError("the state dict's parameter groups do not match this optimizer's "
+                             "(%d groups of sizes %s)" % (
+                                 len(self.param_groups),
+                                 [len(g["params"]) for g in self.param_groups]))
+        entries, step = _state.check(state_dict, self._params, self.param_names)
+        reserved = self._client.reserve_state_buffer(self.attachment_id)
+        _state.write(reserved, self.attach_response.tensors, self._params, entries)
+        self._claim_buffers()  # fp16/bf16: rankd's master copy restarts from these values
+        self._client.import_state(self.attachment_id, step)
+        super().load_state_dict({"state": {}, "param_groups": groups})
+        for group in self.param_groups:
+            group["betas"], group["eps"] = tuple(group["betas"]), tuple(group["eps"])
+        self._step = step
 
     # -- the service -----------------------------------------------------------------------
 
@@ -366,15 +392,6 @@ class ShardedCAME(Optimizer):
     def _check_open(self):
         if self._closed:
             raise RuntimeError("ShardedCAME is closed (detached from rankd)")
-
-    def _check_fixed(self, groups):
-        for i, (group, fixed) in enumerate(zip(groups, self._fixed)):
-            for key, value in fixed.items():
-                current = tuple(group[key]) if isinstance(value, tuple) else group[key]
-                if current != value:
-                    raise ValueError("param_groups[%d][%r] changed from %r to %r; it is fixed "
-                                     "at Attach (only lr and weight_decay change per step)" %
-                                     (i, key, value, current))
 
     def _claim_buffers(self):
         """Re-points parameters and gradients that user code replaced back into the

@@ -9,6 +9,7 @@ import grpc
 import torch
 from torch import nn
 
+import came
 from came import CameError, ShardedCAME
 from tests.fake_rank_server import FakeRankServer
 
@@ -275,16 +276,42 @@ class ParamGroupTest(FakeRankdTestCase):
         names = [t.name for t in self.server.requests("Attach")[0].tensors]
         self.assertEqual(names, ["param.0", "param.1", "param.2", "param.3"])
 
-    def test_state_dict_round_trips_hyperparameters(self):
+    def test_every_hyperparameter_is_sent_with_each_step(self):
+        opt = self.make(_tiny_model().parameters(), lr=0.01)
+        opt.step()
+        opt.param_groups[0].update(betas=(0.5, 0.99, 0.999), eps=(1e-20, 1e-10),
+                                   clip_threshold=2.0, lr=0.02)
+        opt.step()
+        first, second = (r.groups[0].hyperparameters for r in self.server.requests("Step"))
+        self.assertEqual((first.beta1, first.eps1, first.clip_threshold, first.lr),
+                         (0.9, 1e-30, 1.0, 0.01))
+        self.assertEqual((second.beta1, second.beta2, second.beta3, second.eps1, second.eps2,
+                          second.clip_threshold, second.lr, second.weight_decay),
+                         (0.5, 0.99, 0.999, 1e-20, 1e-10, 2.0, 0.02, 0.0))
+
+    def test_rankds_invalid_argument_is_a_value_error(self):
         opt = self.make(_tiny_model().parameters())
-        opt.param_groups[0]["lr"] = 0.02
-        state = opt.state_dict()
-        opt.param_groups[0]["lr"] = 0.5
-        opt.load_state_dict(state)
-        self.assertEqual(opt.param_groups[0]["lr"], 0.02)
-        state["param_groups"][0]["betas"] = (0.5, 0.9, 0.9)
-        with self.assertRaisesRegex(ValueError, "fixed at Attach"):
-            opt.load_state_dict(state)
+        self.server.servicer.step_error = (grpc.StatusCode.INVALID_ARGUMENT,
+                                           "step 1: parameter group 0: eps must be > 0, got eps1=0")
+        with self.assertRaises(came.InvalidArgumentError) as caught:
+            opt.step()
+        self.assertIsInstance(caught.exception, ValueError)
+        self.assertIn("eps must be > 0", caught.exception.details)
+
+    def test_state_dict_without_optimizer_state_is_refused_before_any_call(self):
+        opt = self.make(_tiny_model().parameters())
+        groups = torch.optim.Optimizer.state_dict(opt)["param_groups"]
+        with self.assertRaisesRegex(ValueError, "carries no optimizer state"):
+            opt.load_state_dict({"state": {}, "param_groups": groups})
+        with self.assertRaisesRegex(ValueError, "no optimizer state for parameter 0 \\(param.0\\)"):
+            opt.load_state_dict({"state": {1: {"step": 1}}, "param_groups": groups})
+        with self.assertRaisesRegex(ValueError, "parameter 0 \\(param.0, shape \\[3, 4\\]\\) has "
+                                                "no tensor 'exp_avg_sq_row'"):
+            opt.load_state_dict({"state": {0: {"step": 1, "exp_avg": torch.zeros(3, 4)}},
+                                 "param_groups": groups})
+        with self.assertRaisesRegex(ValueError, "parameter groups do not match"):
+            opt.load_state_dict({"state": {0: {}}, "param_groups": groups + groups})
+        self.assertEqual(self.server.requests("ReserveStateBuffer"), [])
 
     def test_adding_a_group_after_attach_fails(self):
         opt = self.make(_tiny_model().parameters())

@@ -1,0 +1,242 @@
+// ShardedCame's round headers (Note [Step rounds]) and the whole-state export and import.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/sharded_came.h"
+
+namespace came {
+namespace {
+
+// Round kinds (header slot kKind).
+constexpr double kStepRound = 0, kExportRound = 1;
+
+// Header slots before the per-group values.
+enum Slot { kKind = 0, kValid, kLastStep, kStep, kMaxGradNorm, kFixedSlots };
+constexpr int kValuesPerGroup = 8;
+constexpr const char* kGroupValueNames[kValuesPerGroup] = {
+    "lr", "eps1", "eps2", "clip_threshold", "beta1", "beta2", "beta3", "weight_decay"};
+
+void GroupValues(const CameHyper& h, double* out) {
+  const double v[kValuesPerGroup] = {h.lr,    h.eps1,  h.eps2,  h.clip_threshold,
+                                     h.beta1, h.beta2, h.beta3, h.weight_decay};
+  std::copy(std::begin(v), std::end(v), out);
+}
+
+std::string SlotName(size_t slot) {
+  switch (slot) {
+    case kStep: return "the step number";
+    case kMaxGradNorm: return "max_grad_norm";
+    default: break;
+  }
+  const size_t g = (slot - kFixedSlots) / kValuesPerGroup;
+  return absl::StrCat(kGroupValueNames[(slot - kFixedSlots) % kValuesPerGroup],
+                      " of parameter group ", g);
+}
+
+// Returns the shortest of %.15g and %.17g that reads back as v.
+std::string Number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.15g", v);
+  if (std::strtod(buf, nullptr) != v) std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+}  // namespace
+
+StateLayout ShardedCame::StateLayoutOf(const ShardPlan& plan) {
+  StateLayout l;
+  l.exp_avg = 0;
+  l.exp_avg_sq = plan.used_size;
+  int64_t next = 2 * plan.used_size;
+  l.factored.assign(plan.tensors.size(), -1);
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorGeometry& g = plan.tensors[t].geom;
+    if (!g.factored) continue;
+    l.factored[t] = next;
+    next += 2 * g.stats_size();
+  }
+  l.size = next;
+  return l;
+}
+
+absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& error,
+                                std::span<float> out) {
+  const bool exporting = inputs == nullptr;
+  if (plan_.world_size == 1) {
+    if (!error.empty())
+      return absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
+    return exporting ? GatherState(out) : absl::OkStatus();
+  }
+  const size_t n = kFixedSlots + kValuesPerGroup * options_.groups.size();
+  header_.assign(2 * n, 0.0);
+  double* v = header_.data();
+  v[kKind] = exporting ? kExportRound : kStepRound;
+  v[kValid] = error.empty() ? 1 : 0;
+  v[kLastStep] = static_cast<double>(last_step_);
+  if (!exporting) {
+    v[kStep] = static_cast<double>(inputs->step);
+    v[kMaxGradNorm] = inputs->max_grad_norm.value_or(options_.max_grad_norm);
+    for (size_t g = 0; g < step_groups_.size(); ++g)
+      GroupValues(step_groups_[g], v + kFixedSlots + kValuesPerGroup * g);
+  }
+  while (true) {
+    for (size_t i = 0; i < n; ++i) header_[n + i] = -header_[i];
+    if (absl::Status s = comm_->AllReduce(header_.data(), 2 * n, comm::ElemType::kFloat64,
+                                          comm::ReduceOp::kMax, options_.collective_timeout);
+        !s.ok()) {
+      broken_ = true;
+      return s;
+    }
+    auto max_of = [&](size_t i) { return header_[i]; };
+    auto min_of = [&](size_t i) { return -header_[n + i]; };
+    if (min_of(kLastStep) != max_of(kLastStep))
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the ranks hold the optimizer state of different steps (", Number(min_of(kLastStep)),
+          " and ", Number(max_of(kLastStep)), "): load the same state on every rank"));
+    if (max_of(kKind) == kExportRound) {
+      if (exporting) return GatherState(out);
+      // Serve another rank's export, then open this step's round again.
+      std::vector<float> scratch(StateLayoutOf(plan_).size);
+      if (absl::Status s = GatherState(scratch); !s.ok()) return s;
+      v[kKind] = kStepRound;
+      v[kValid] = error.empty() ? 1 : 0;
+      v[kLastStep] = static_cast<double>(last_step_);
+      v[kStep] = static_cast<double>(inputs->step);
+      v[kMaxGradNorm] = inputs->max_grad_norm.value_or(options_.max_grad_norm);
+      for (size_t g = 0; g < step_groups_.size(); ++g)
+        GroupValues(step_groups_[g], v + kFixedSlots + kValuesPerGroup * g);
+      continue;
+    }
+    if (!error.empty())
+      return absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
+    if (min_of(kValid) == 0)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step ", inputs->step,
+          ": another rank refused its step inputs (its error names the value); nothing changed"));
+    for (size_t i = kStep; i < n; ++i)
+      if (min_of(i) != max_of(i))
+        return absl::InvalidArgumentError(absl::StrCat(
+            "step ", inputs->step, ": the ranks disagree on ", SlotName(i), " (",
+            Number(min_of(i)), " on one rank, ", Number(max_of(i)),
+            " on another): every rank must send the same step scalars; nothing changed"));
+    return absl::OkStatus();
+  }
+}
+
+// Collects every rank's state into `out` (StateLayoutOf's layout); collective, after a round.
+absl::Status ShardedCame::GatherState(std::span<float> out) {
+  const StateLayout layout = StateLayoutOf(plan_);
+  if (static_cast<int64_t>(out.size()) != layout.size)
+    return absl::InvalidArgumentError(absl::StrCat("the state buffer holds ", out.size(),
+                                                   " floats, the state needs ", layout.size));
+  const int64_t chunk = plan_.chunk_size;
+  const int64_t w = plan_.world_size;
+  // exp_avg and exp_avg_sq of this rank's chunk, side by side, then all-gathered.
+  std::vector<float> gathered(2 * chunk * w, 0.0f);
+  float* mine = gathered.data() + 2 * chunk * rank_;
+  std::fill(out.begin() + 2 * plan_.used_size, out.end(), 0.0f);
+  for (const ShardPiece& piece : plan_.pieces[rank_]) {
+    const TensorStateView v = tensor_state(piece.tensor);
+    std::copy(v.exp_avg.begin(), v.exp_avg.end(), mine + piece.chunk_offset);
+    std::copy(v.exp_avg_sq.begin(), v.exp_avg_sq.end(), mine + chunk + piece.chunk_offset);
+    const auto& t = plan_.tensors[piece.tensor];
+    if (!t.geom.factored || t.first_rank != rank_) continue;  // one copy of split statistics
+    float* f = out.data() + layout.factored[piece.tensor];
+    for (std::span<const float> s :
+         {v.exp_avg_sq_row, v.exp_avg_sq_col, v.exp_avg_res_row, v.exp_avg_res_col})
+      f = std::copy(s.begin(), s.end(), f);
+  }
+  if (w > 1) {
+    const int64_t stats = layout.size - 2 * plan_.used_size;
+    absl::Status s = comm_->AllGather(mine, gathered.data(), 2 * chunk, comm::ElemType::kFloat32,
+                                      options_.collective_timeout);
+    if (s.ok() && stats > 0)
+      s = comm_->AllReduce(out.data() + 2 * plan_.used_size, stats, comm::ElemType::kFloat32,
+                           comm::ReduceOp::kSum, options_.collective_timeout);
+    if (!s.ok()) {
+      broken_ = true;
+      return s;
+    }
+  }
+  for (int64_t i = 0; i < plan_.used_size; ++i) {
+    const float* block = gathered.data() + 2 * chunk * (i / chunk);
+    out[layout.exp_avg + i] = block[i % chunk];
+    out[layout.exp_avg_sq + i] = block[chunk + i % chunk];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardedCame::ExportState(std::span<float> out) {
+  if (broken_)
+    return absl::FailedPreconditionError(
+        "the engine is unusable after a failed collective; restart from a checkpoint");
+  return Round(nullptr, "", out);
+}
+
+absl::Status ShardedCame::ImportState(std::span<const float> in, int64_t step) {
+  const StateLayout layout = StateLayoutOf(plan_);
+  if (static_cast<int64_t>(in.size()) != layout.size)
+    return absl::InvalidArgumentError(absl::StrCat("the state holds ", in.size(),
+                                                   " floats, this plan's state has ", layout.size));
+  if (step < 0) return absl::InvalidArgumentError(absl::StrCat("step must be >= 0, got ", step));
+  // Check everything this rank takes before changing anything.
+  auto check = [&](int t, const char* what, int64_t from, int64_t count, bool moment) {
+    for (int64_t i = 0; i < count; ++i) {
+      const float x = in[from + i];
+      if (!std::isfinite(x) || (moment && x < 0))
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", plan_.tensors[t].spec.name, "': ", what, "[", i, "] is ", Number(x),
+            moment ? " (a second moment must be finite and >= 0)" : " (must be finite)"));
+    }
+    return absl::OkStatus();
+  };
+  for (const ShardPiece& piece : plan_.pieces[rank_]) {
+    const int t = piece.tensor;
+    const auto& tp = plan_.tensors[t];
+    const int64_t from = tp.offset + piece.begin, count = piece.end - piece.begin;
+    if (absl::Status s = check(t, "exp_avg", layout.exp_avg + from, count, false); !s.ok())
+      return s;
+    if (!tp.geom.factored) {
+      if (absl::Status s = check(t, "exp_avg_sq", layout.exp_avg_sq + from, count, true); !s.ok())
+        return s;
+      continue;
+    }
+    if (absl::Status s = check(t, "factored statistics", layout.factored[t],
+                               2 * tp.geom.stats_size(), true);
+        !s.ok())
+      return s;
+  }
+  for (const ShardPiece& piece : plan_.pieces[rank_]) {
+    const int t = piece.tensor;
+    const auto& tp = plan_.tensors[t];
+    const int64_t from = tp.offset + piece.begin, count = piece.end - piece.begin;
+    TensorStateView v;
+    v.begin = piece.begin;
+    v.end = piece.end;
+    v.exp_avg = in.subspan(layout.exp_avg + from, count);
+    if (tp.geom.factored) {
+      const int64_t rows = tp.geom.rows(), cols = tp.geom.cols();
+      std::span<const float> f = in.subspan(layout.factored[t], 2 * (rows + cols));
+      v.exp_avg_sq_row = f.subspan(0, rows);
+      v.exp_avg_sq_col = f.subspan(rows, cols);
+      v.exp_avg_res_row = f.subspan(rows + cols, rows);
+      v.exp_avg_res_col = f.subspan(2 * rows + cols, cols);
+    } else {
+      v.exp_avg_sq = in.subspan(layout.exp_avg_sq + from, count);
+    }
+    // Sizes match the plan, so this cannot fail after the checks above.
+    if (absl::Status s = SetTensorState(t, v); !s.ok()) return s;
+  }
+  if (!master_.empty()) {
+    const uint8_t* my_params = params_ + rank_ * plan_.chunk_size * elem_size_;
+    for (size_t i = 0; i < master_.size(); ++i)
+      master_[i] = LoadAsFloat(my_params, plan_.dtype, i);
+  }
+  last_step_ = step;
+  return absl::OkStatus();
+}
+
+}  // namespace came
