@@ -1,14 +1,15 @@
 """A thin client of the came.v1.Rank service: token, deadline and error translation.
 
 Every call carries ("authorization", "Bearer <token>") and a deadline; a failed call raises
-CameError with the gRPC code and the server's message. Requests and responses are the
+CameError with the gRPC code and the server's message (InvalidArgumentError, also a
+ValueError, for INVALID_ARGUMENT: rankd refused a value, e.g. a hyperparameter). Requests and responses are the
 generated proto messages (came._proto.rank_pb2).
 """
 
 import grpc
 
 from ._proto import rank_pb2, rank_pb2_grpc
-from .errors import CameError
+from .errors import CameError, InvalidArgumentError
 
 # rank.proto: kMaxMessageBytes (a manifest of many tensors can be large).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -58,6 +59,17 @@ class RankClient:
         return self._call("LoadCheckpoint", rank_pb2.LoadCheckpointRequest(
             attachment_id=attachment_id, manifest_path=manifest_path))
 
+    def export_state(self, attachment_id):
+        return self._call("ExportState", rank_pb2.ExportStateRequest(attachment_id=attachment_id))
+
+    def reserve_state_buffer(self, attachment_id):
+        return self._call("ReserveStateBuffer",
+                          rank_pb2.ReserveStateBufferRequest(attachment_id=attachment_id))
+
+    def import_state(self, attachment_id, step):
+        return self._call("ImportState", rank_pb2.ImportStateRequest(
+            attachment_id=attachment_id, step=step))
+
     def detach(self, attachment_id, timeout=None):
         return self._call("Detach", rank_pb2.DetachRequest(attachment_id=attachment_id),
                           timeout=timeout)
@@ -71,4 +83,6 @@ class RankClient:
             return rpc(request, timeout=self.timeout if timeout is None else timeout,
                        metadata=self._metadata, wait_for_ready=wait_for_ready)
         except grpc.RpcError as e:
-            raise CameError(method, e.code(), e.details()) from None
+            error = (InvalidArgumentError if e.code() == grpc.StatusCode.INVALID_ARGUMENT
+                     else CameError)
+            raise error(method, e.code(), e.details()) from None
