@@ -76,6 +76,22 @@ TEST_F(CoordinatorTest, CreateRejectsBadOptions) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(CoordinatorTest, CreateRejectsDefaultsThatHyperErrorRefuses) {
+  // The same rule and words as rankd's Attach and Step (kernels/hyper_check.h).
+  CoordinatorOptions options;
+  options.world_size = 2;
+  options.token = kToken;
+  options.config.defaults.eps1 = 0;
+  EXPECT_THAT(Coordinator::Create(options, &clock_).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "the job's default hyperparameters: eps must be > 0, got eps1=0"));
+  options.config.defaults.eps1 = 1e-30;
+  options.config.defaults.beta2 = 1.0;
+  EXPECT_THAT(Coordinator::Create(options, &clock_).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "betas must be in [0, 1), got beta2=1"));
+}
+
 TEST_F(CoordinatorTest, AuthenticateComparesToken) {
   Make(1);
   EXPECT_TRUE(coord_->Authenticate(kToken).ok());
