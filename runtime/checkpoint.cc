@@ -32,7 +32,8 @@ absl::StatusOr<std::vector<OpenedShard>> OpenAll(const std::vector<std::string>&
   return shards;
 }
 
-// Checks that the pieces of every tensor in the shards cover it exactly once.
+}  // namespace
+
 absl::Status CheckCoverage(const std::vector<OpenedShard>& shards) {
   std::map<std::string, std::vector<Piece>> pieces;
   std::map<std::string, int64_t> numel;
@@ -63,6 +64,8 @@ absl::Status CheckCoverage(const std::vector<OpenedShard>& shards) {
   }
   return absl::OkStatus();
 }
+
+namespace {
 
 absl::StatusOr<PendingLoad> Read(const ShardedCame& engine, const std::vector<OpenedShard>& shards) {
   const ShardPlan& plan = engine.plan();

@@ -49,6 +49,10 @@ absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
                                        const std::vector<std::string>& shard_paths);
 absl::StatusOr<PendingLoad> ReadShards(const ShardedCame& engine,
                                        const CheckpointManifest& manifest);
+// Checks that the pieces of every tensor in the shards cover it exactly once (DataLoss naming
+// the shard and the elements otherwise).
+absl::Status CheckCoverage(const std::vector<OpenedShard>& shards);
+
 // Applies what ReadShards returned.
 absl::Status ApplyShards(ShardedCame& engine, const PendingLoad& load);
 
