@@ -2,8 +2,8 @@
 // valid calls to a backend (backend.h). No C++ exception leaves this file.
 #include "kernels/capi/came_capi.h"
 
+#include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <limits>
 #include <memory>

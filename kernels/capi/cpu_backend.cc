@@ -5,7 +5,6 @@
 #include <cstring>
 #include <memory>
 #include <span>
-#include <utility>
 #include <vector>
 
 #include "kernels/came_math.h"
