@@ -151,24 +151,25 @@ absl::Status ShardedCame::Init() {
     split_offset_[t] = packed_stats_size_;
     packed_stats_size_ += plan_.tensors[t].geom.stats_size();
   }
-  packed_.assign(1 + std::max<int64_t>(packed_stats_size_, plan_.split_tensors.size()), 0.0);
+  packed_.assign(2 + std::max<int64_t>(packed_stats_size_, plan_.split_tensors.size()), 0.0);
   step_groups_ = options_.groups;
   return absl::OkStatus();
 }
 
 // Completes the partial sums of split tensors across ranks (Note [Split tensors]).
-// kind 0: factored stats (phase 1, with `extra` = the global sum of g^2 in front);
-// kind 1: per-tensor sums of u^2 (phase 3); kind 2: factored residual stats (phase 4).
-absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind, double* extra,
-                                       absl::Duration timeout) {
+// kind 0: factored stats (phase 1, with `extra` in front: the global sum of g^2 and the
+// stop vote); kind 1: per-tensor sums of u^2 (phase 3); kind 2: factored residual stats
+// (phase 4).
+absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind,
+                                       std::span<double> extra, absl::Duration timeout) {
   if (plan_.world_size == 1) return absl::OkStatus();
-  const bool has_extra = extra != nullptr;
+  const bool has_extra = !extra.empty();
   if (plan_.split_tensors.empty() && !has_extra) return absl::OkStatus();
-  const int64_t base = has_extra ? 1 : 0;
+  const int64_t base = static_cast<int64_t>(extra.size());
   const int64_t size = base + (kind == 1 ? static_cast<int64_t>(plan_.split_tensors.size())
                                          : packed_stats_size_);
   std::fill(packed_.begin(), packed_.begin() + size, 0.0);
-  if (has_extra) packed_[0] = *extra;
+  std::copy(extra.begin(), extra.end(), packed_.begin());
   auto for_each_split_piece = [&](auto&& fn) {
     for (size_t i = 0; i < pieces_.size(); ++i) {
       const int t = pieces_[i].piece.tensor;
@@ -192,7 +193,7 @@ absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind, double
   absl::Status s = comm_->AllReduce(packed_.data(), size, comm::ElemType::kFloat64,
                                     comm::ReduceOp::kSum, timeout);
   if (!s.ok()) return s;
-  if (has_extra) *extra = packed_[0];
+  std::copy_n(packed_.begin(), extra.size(), extra.begin());
   for_each_split_piece([&](int i, int t) {
     if (kind == 1) {
       local[i] = packed_[base + split_index(t)];
@@ -273,11 +274,14 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
 
   // 3-4. Statistics of g^2, with the global sum of g^2 in the same all-reduce.
   t0 = Clock::now();
-  double sum_sq = cpu_->GradStats(sums_).sum_sq;
+  // {sum of g^2, stop votes}: Note [Stop requests] in runtime/service/coordinator.h.
+  double extra[2] = {cpu_->GradStats(sums_).sum_sq, inputs.stop_vote ? 1.0 : 0.0};
   out.seconds.kernels += SecondsSince(t0);
   t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sums_, 0, &sum_sq, timeout); !s.ok()) return fail(s);
+  if (absl::Status s = CompleteSums(sums_, 0, extra, timeout); !s.ok()) return fail(s);
   out.seconds.stats_all_reduce += SecondsSince(t0);
+  const double sum_sq = extra[0];
+  out.stop_voted = extra[1] > 0;
   out.grad_norm = std::sqrt(sum_sq);
   if (!std::isfinite(sum_sq)) {
     out.skipped = true;
@@ -294,7 +298,7 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
 
   // 5. Sums of u^2 of split tensors, then the clip scale of every tensor.
   t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sum_sq_, 1, nullptr, timeout); !s.ok()) return fail(s);
+  if (absl::Status s = CompleteSums(sum_sq_, 1, {}, timeout); !s.ok()) return fail(s);
   out.seconds.stats_all_reduce += SecondsSince(t0);
   for (size_t i = 0; i < pieces_.size(); ++i) {
     const auto& t = plan_.tensors[pieces_[i].piece.tensor];
@@ -308,7 +312,7 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   cpu_->Momentum(clip_, sums_);
   out.seconds.kernels += SecondsSince(t0);
   t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sums_, 2, nullptr, timeout); !s.ok()) return fail(s);
+  if (absl::Status s = CompleteSums(sums_, 2, {}, timeout); !s.ok()) return fail(s);
   out.seconds.stats_all_reduce += SecondsSince(t0);
 
   // 7. Residual EMAs and the parameter update of this chunk.

@@ -89,6 +89,9 @@ struct StepInputs {
   std::vector<double> weight_decay;  // empty, or one per group
   std::vector<CameHyper> groups;     // empty, or one per group
   std::optional<double> max_grad_norm;
+  // This rank asks every rank to stop after this step; carried by the step's first
+  // all-reduce at no extra cost (Note [Stop requests] in runtime/service/coordinator.h).
+  bool stop_vote = false;
 };
 
 struct PhaseTimes {
@@ -104,6 +107,7 @@ struct EngineStepStats {
   double grad_norm = 0.0;      // global L2 norm of the averaged gradient
   double grad_scale = 1.0;     // gradient-norm clip factor
   double min_clip_scale = 1.0; // smallest update clip scale over this rank's tensors
+  bool stop_voted = false;     // some rank set StepInputs::stop_vote in this step
   PhaseTimes seconds;
   int64_t bytes_reduce_scatter = 0;  // payload bytes this rank sent, per collective kind
   int64_t bytes_stats = 0;
@@ -196,7 +200,7 @@ class ShardedCame {
   // rank's verdict on its own inputs ("" when valid). Defined in sharded_came_state.cc.
   absl::Status Round(const StepInputs* inputs, const std::string& error, std::span<float> out);
   absl::Status GatherState(std::span<float> out);
-  absl::Status CompleteSums(std::span<double> local, int kind, double* extra,
+  absl::Status CompleteSums(std::span<double> local, int kind, std::span<double> extra,
                             absl::Duration timeout);
 
   ShardPlan plan_;

@@ -18,6 +18,18 @@ absl::Status ParseInt(absl::string_view flag, absl::string_view value, int min, 
   return absl::OkStatus();
 }
 
+// Accepts HOST:PORT with a non-empty host and a port in [1, 65535].
+absl::Status CheckHostPort(absl::string_view flag, absl::string_view value) {
+  const size_t colon = value.rfind(':');
+  int port = 0;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " wants HOST:PORT with a port in [1, 65535], got '", value, "'"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string LaunchUsage() {
@@ -26,11 +38,23 @@ std::string LaunchUsage() {
          "                   [--threads-per-rank T] [--token-file F] [--bin-dir DIR]\n"
          "                   [--log-dir DIR] [--timeout-seconds S]\n"
          "                   [--startup-timeout-seconds S] [--grace-seconds S]\n"
+         "                   [--max-restarts K] [--checkpoint-every N] [--keep-checkpoints K]\n"
+         "                   [--grace-period S] [--lease-seconds S]\n"
+         "                   [--nnodes N --node-rank R --coordinator HOST:PORT\n"
+         "                    --nproc-per-node P [--node-address ADDR]]\n"
          "                   -- <trainer command...>\n"
          "Starts came-coordinator, N came-rankd and N trainers on this machine, prefixes\n"
-         "their output with [role rank], and stops them all when one fails or on\n"
-         "SIGINT/SIGTERM. Trainers get CAME_RANK, CAME_WORLD_SIZE, CAME_RANKD_ADDRESS,\n"
-         "CAME_COORDINATOR_ADDRESS, CAME_TOKEN and a PYTHONPATH that finds the came package.\n"
+         "their output with [role rank], and stops them all when one fails or on SIGINT.\n"
+         "Trainers get CAME_RANK, CAME_LOCAL_RANK, CAME_NODE_RANK, CAME_WORLD_SIZE,\n"
+         "CAME_RANKD_ADDRESS, CAME_COORDINATOR_ADDRESS, CAME_TOKEN, CAME_RESTART_COUNT and a\n"
+         "PYTHONPATH that finds the came package.\n"
+         "--max-restarts K: when a process fails, stop the rest and start the job again (from\n"
+         "the last committed checkpoint: trainers use ShardedCAME(resume=True)), K times.\n"
+         "SIGTERM with --checkpoint-dir: the job checkpoints at its next step, trainers exit\n"
+         "(came.Preempted), and came-launch exits 0; after --grace-period S (30) it is killed.\n"
+         "Multi-node: node 0 runs the coordinator on --coordinator HOST:PORT; every node runs\n"
+         "P rankd and P trainers (global ranks R*P .. R*P+P-1) on --node-address; every node\n"
+         "passes the same --token-file (and --checkpoint-dir on a shared file system).\n"
          "Exit status: 0 when every trainer exits 0; 1 when a process fails; 2 for bad\n"
          "arguments or a command that cannot run; 124 on --timeout-seconds; 128+n on\n"
          "signal n.\n";
@@ -66,9 +90,36 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
       value = args[++i];
     }
     absl::Status status;
-    if (flag == "--nproc") {
+    if (flag == "--nproc" || flag == "--nproc-per-node") {
       status = ParseInt(flag, value, 1, kMaxProcs, &options.nproc);
       have_nproc = true;
+    } else if (flag == "--nnodes") {
+      status = ParseInt(flag, value, 1, kMaxNodes, &options.nnodes);
+    } else if (flag == "--node-rank") {
+      status = ParseInt(flag, value, 0, kMaxNodes - 1, &options.node_rank);
+    } else if (flag == "--coordinator") {
+      status = CheckHostPort(flag, value);
+      options.coordinator = value;
+    } else if (flag == "--node-address") {
+      if (value.empty() || value.find_first_of(" :/") != std::string::npos) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat("--node-address wants an IPv4 address or host name, got '", value, "'"));
+      }
+      options.node_address = value;
+    } else if (flag == "--max-restarts") {
+      status = ParseInt(flag, value, 0, 1000, &options.max_restarts);
+    } else if (flag == "--checkpoint-every") {
+      int every = 0;
+      status = ParseInt(flag, value, 1, 1 << 30, &every);
+      options.checkpoint_every = every;
+    } else if (flag == "--keep-checkpoints") {
+      status = ParseInt(flag, value, 1, 1 << 20, &options.keep_checkpoints);
+    } else if (flag == "--grace-period") {
+      status = ParseInt(flag, value, 1, 1 << 20, &options.grace_period_seconds);
+    } else if (flag == "--lease-seconds") {
+      int lease = 0;
+      status = ParseInt(flag, value, 1, 3600, &lease);
+      options.lease_seconds = lease;
     } else if (flag == "--backend") {
       if (value != "gloo" && value != "nccl") {
         status = absl::InvalidArgumentError(
@@ -105,9 +156,31 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
   }
   options.command.assign(args.begin() + static_cast<std::ptrdiff_t>(i), args.end());
   if (options.help) return options;
-  if (!have_nproc) return absl::InvalidArgumentError("--nproc is required");
+  if (!have_nproc) return absl::InvalidArgumentError("--nproc (or --nproc-per-node) is required");
   if (options.command.empty()) {
     return absl::InvalidArgumentError("no trainer command: put it after '--'");
+  }
+  if (options.node_rank >= options.nnodes) {
+    return absl::InvalidArgumentError(absl::StrCat("--node-rank ", options.node_rank,
+                                                   " is outside [0, --nnodes ", options.nnodes,
+                                                   ")"));
+  }
+  if (static_cast<int64_t>(options.nnodes) * options.nproc > kMaxWorld) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--nnodes x --nproc-per-node is more than ", kMaxWorld, " ranks"));
+  }
+  if (options.nnodes > 1 && options.coordinator.empty()) {
+    return absl::InvalidArgumentError(
+        "a multi-node job (--nnodes > 1) needs --coordinator HOST:PORT (node 0 serves it)");
+  }
+  if (options.nnodes > 1 && options.token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a multi-node job (--nnodes > 1) needs --token-file, the same file on every node");
+  }
+  if ((options.checkpoint_every > 0 || options.keep_checkpoints > 0) &&
+      options.checkpoint_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--checkpoint-every and --keep-checkpoints need --checkpoint-dir");
   }
   return options;
 }

@@ -4,6 +4,40 @@
 // CAME_* environment, and hands the job to a Supervisor (supervisor.h) until it ends.
 // Every child's stdin is /dev/null; children run in process groups of their own, so a
 // terminal's Ctrl-C reaches only the launcher, which forwards it.
+//
+// Note [Restarts]
+// With --max-restarts K, a job that fails (a process exits non-zero or dies, or does not
+// get ready) is stopped as a whole (Note [Stopping the job] in supervisor.h) and started
+// again, every process fresh, at most K times: attempt k runs its coordinator and rankd
+// with --generation k (Note [Restart generations] in runtime/service/coordinator.h) and
+// its trainers with CAME_RESTART_COUNT=k. The restarted coordinator finds the latest
+// committed checkpoint in --checkpoint-dir, and a trainer built with
+// ShardedCAME(resume=True) continues from it (from scratch when there is none). A job
+// ended by a signal, by --timeout-seconds or by bad usage is not restarted. The job's
+// timeout covers all attempts.
+//
+// Note [Preemption]
+// With --checkpoint-dir, the first SIGTERM does not stop the job (Note [Stopping on
+// request] in supervisor.h): node 0's launcher sends SIGUSR1 to its coordinator, which
+// asks every rank to checkpoint after its next step and stop (Note [Stop requests] in
+// coordinator.h); every trainer's next step raises came.Preempted (SystemExit 0), the
+// trainers exit 0, and came-launch exits 0 once they all have, or 143 after
+// --grace-period. Other nodes' launchers wait for their trainers the same way (a cluster
+// signals every node; node 0 must be among them).
+//
+// Note [Multi-node jobs]
+// --nnodes N --node-rank R --coordinator HOST:PORT --nproc-per-node P: node 0 runs the
+// coordinator on HOST:PORT (world size N*P); every node runs P rankd, ranks R*P .. R*P+P-1
+// (asked for explicitly: two nodes with one --node-rank get AlreadyExists), serving and
+// connecting Gloo on --node-address, and their P trainers. The token comes from
+// --token-file, the same file everywhere. Ranks retry Join until the coordinator of their
+// generation answers, so nodes may start in any order. A failure on one node ends the job
+// everywhere: the node's launcher stops its processes, the other ranks' collectives with
+// them fail at once (or, if idle, their leases tell the coordinator), and each launcher
+// reports the failure with its node and the rank. With --max-restarts every node restarts
+// on its own, as attempt k + 1: node 0's new coordinator listens on the same HOST:PORT and
+// admits only ranks of generation k + 1. Limits: every node must see every failure (a node
+// whose trainers all finished does not restart), and a restart needs node 0 alive.
 #pragma once
 
 #include <string>

@@ -79,7 +79,9 @@ absl::StatusOr<std::unique_ptr<Supervisor>> Supervisor::Create(SupervisorOptions
 Supervisor::Supervisor(SupervisorOptions options, std::unique_ptr<GroupGuard> guard,
                        std::unique_ptr<OutputPump> pump, int dev_null)
     : options_(std::move(options)),
-      job_deadline_(absl::Now() + options_.job_timeout),
+      job_deadline_(options_.job_deadline != absl::InfiniteFuture()
+                        ? options_.job_deadline
+                        : absl::Now() + options_.job_timeout),
       guard_(std::move(guard)),
       pump_(std::move(pump)),
       dev_null_(dev_null) {}
@@ -95,7 +97,7 @@ Supervisor::~Supervisor() {
 pid_t Supervisor::pid(int index) const { return children_.at(index)->pid; }
 
 void Supervisor::Message(absl::string_view text) {
-  WriteAll(options_.err_fd, absl::StrCat("came-launch: ", text, "\n"));
+  WriteAll(options_.err_fd, absl::StrCat(options_.name, ": ", text, "\n"));
 }
 
 absl::StatusOr<int> Supervisor::Spawn(ChildSpec spec) {
@@ -206,7 +208,10 @@ void Supervisor::Record(pid_t pid, int wait_status) {
     const bool all_done = std::none_of(children_.begin(), children_.end(), [](const auto& o) {
       return o->spec.kind == ChildKind::kWorker && o->running;
     });
-    if (all_done) End(JobResult{}, /*report=*/false);
+    if (all_done) {
+      End(JobResult{.stopped_on_request = stop_deadline_ != absl::InfiniteFuture()},
+          /*report=*/false);
+    }
     return;
   }
   failed_ = &c;
@@ -250,11 +255,28 @@ bool Supervisor::Step(absl::Time wake_by) {
   Reap();
   if (ended_) return true;
   if (const int sig = WaitForInterrupt(std::min(wake_by - absl::Now(), options_.tick)); sig != 0) {
+    const bool first_term = sig == SIGTERM && stop_deadline_ == absl::InfiniteFuture();
+    if (first_term && options_.on_terminate && options_.on_terminate()) {
+      stop_deadline_ = absl::Now() + options_.stop_grace;
+      Message(absl::StrCat("received SIGTERM: the job checkpoints after its next step and "
+                           "stops (grace period ",
+                           absl::FormatDuration(options_.stop_grace), ")"));
+      return false;
+    }
     interrupt_signal_ = sig;
     End(JobResult{128 + sig, absl::StrCat("received ", SignalName(sig))}, /*report=*/true);
     return true;
   }
   Reap();
+  if (!ended_ && absl::Now() >= stop_deadline_) {
+    kill_at_once_ = true;
+    End(JobResult{128 + SIGTERM,
+                  absl::StrCat("the job did not stop within the grace period of ",
+                               absl::FormatDuration(options_.stop_grace), " after SIGTERM"),
+                  /*stopped_on_request=*/true},
+        /*report=*/true);
+    return true;
+  }
   if (!ended_ && absl::Now() >= job_deadline_) {
     End(JobResult{124, absl::StrCat("the job timed out after ",
                                     absl::FormatDuration(options_.job_timeout))},
@@ -321,7 +343,7 @@ void Supervisor::Stop() {
   for (Child* c : order) {
     if (c->running) kill(-c->pid, sig);
   }
-  const absl::Time grace_end = absl::Now() + options_.grace;
+  const absl::Time grace_end = absl::Now() + (kill_at_once_ ? absl::ZeroDuration() : options_.grace);
   auto any_running = [&] {
     return std::any_of(children_.begin(), children_.end(),
                        [](const auto& c) { return c->running; });

@@ -7,7 +7,8 @@
 //   - daemons (coordinator, rankd): serve the workers; a daemon that exits at all while
 //     the job runs fails it. They may announce readiness with a line on stdout.
 // The job also ends when the interrupt fd yields a signal number (signal_pipe.h) or the
-// job timeout passes. Whatever ends it, Stop() then takes every child down (Note [Stopping
+// job timeout passes, except for a first SIGTERM that on_terminate takes (Note [Stopping
+// on request]). Whatever ends it, Stop() then takes every child down (Note [Stopping
 // the job]) and reaps it: no child outlives the supervisor.
 //
 // Note [Stopping the job]
@@ -21,6 +22,14 @@
 // GroupGuard SIGKILLs every child's process group if the supervisor's process dies before
 // Stop has finished.
 //
+// Note [Stopping on request]
+// A preempted cluster job gets SIGTERM and a grace period. With on_terminate set, the first
+// SIGTERM calls it instead of ending the job; when it returns true (it asked the job to
+// stop by itself: checkpoint, then the workers exit 0), the job goes on for up to
+// stop_grace and ends as usual when the workers are done (JobResult::stopped_on_request).
+// If it is still running then, it ends with 128 + SIGTERM and Stop sends SIGKILL at once.
+// A second SIGTERM or a SIGINT ends it at once.
+//
 // Every child gets its own process group and dies with the launcher's thread (spawn.h):
 // call Create, Spawn, WaitReady, Supervise and Stop from one thread, the one that lives
 // longest (main). The output pump runs on a thread of its own.
@@ -28,6 +37,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,12 +72,19 @@ struct SupervisorOptions {
                           // (spaces in the name become '-')
   int interrupt_fd = -1;  // each byte read is a signal number; -1: none
   absl::Duration job_timeout = absl::InfiniteDuration();  // from Create
+  // The job's end when it started before Create (a restarted job, Note [Restarts] in
+  // launcher.h); InfiniteFuture: Create + job_timeout.
+  absl::Time job_deadline = absl::InfiniteFuture();
   absl::Duration grace = absl::Seconds(10);               // between the stop signal and SIGKILL
   absl::Duration drain = absl::Seconds(2);       // output still read after the children died
   absl::Duration tick = absl::Milliseconds(20);  // how often children are checked
   bool adopt_orphans = false;  // become a child subreaper (Note [Stopping the job])
   bool guard_groups = false;   // run a GroupGuard (group_guard.h), so that the children's
                                // process groups die even if this process is SIGKILLed
+  std::string name = "came-launch";  // prefixes the supervisor's own messages
+  // Note [Stopping on request]; null: SIGTERM ends the job like SIGINT.
+  std::function<bool()> on_terminate;
+  absl::Duration stop_grace = absl::Seconds(30);
 };
 
 // How a job ended. exit_code: 0 success, 1 a child failed or did not get ready,
@@ -75,6 +92,7 @@ struct SupervisorOptions {
 struct JobResult {
   int exit_code = 0;
   std::string reason;  // names what ended the job; empty on success
+  bool stopped_on_request = false;  // on_terminate took a SIGTERM (Note [Stopping on request])
 };
 
 class Supervisor {
@@ -143,6 +161,8 @@ class Supervisor {
   JobResult result_;
   int interrupt_signal_ = 0;
   bool stopped_ = false;
+  absl::Time stop_deadline_ = absl::InfiniteFuture();  // set once on_terminate took SIGTERM
+  bool kill_at_once_ = false;  // Stop skips the grace period
   Child* failed_ = nullptr;  // the child whose exit ended the job, if one did
 };
 

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <utility>
 #include <cstring>
 #include <random>
 #include <set>
@@ -124,6 +127,8 @@ struct RankCore::Attachment {
   std::unique_ptr<SharedBuffer> params, grads;
   std::unique_ptr<ShardedCame> engine;
   int64_t last_step = 0;
+  std::optional<std::pair<int64_t, SavedCheckpoint>> saved;  // the last save: step, where
+  int64_t stopped_after = 0;  // > 0: the job stopped after this step (Note [Stop requests])
   std::unique_ptr<SharedBuffer> state;  // the last ExportState's or ReserveStateBuffer's
   int64_t state_buffers = 0;
 };
@@ -172,6 +177,11 @@ void RankCore::Abort(absl::Status reason) {
     abort_ = reason.ok() ? absl::AbortedError("aborted") : std::move(reason);
   }
   comm_->Abort();
+}
+
+void RankCore::RequestStop() {
+  absl::MutexLock lock(&mu_);
+  stop_requested_ = true;
 }
 
 absl::Status RankCore::aborted() const {
@@ -308,6 +318,12 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
     if (a.engine == nullptr)
       return done(absl::FailedPreconditionError(
           "Step before SyncParameters: the initial parameters were never synchronized"));
+    if (a.stopped_after > 0) {
+      StepOutcome stopped;
+      stopped.stopped = true;
+      stopped.stopped_after = a.stopped_after;
+      return done(std::move(stopped));
+    }
     if (call.step <= a.last_step)
       return done(absl::FailedPreconditionError(absl::StrCat(
           "step ", call.step, " is out of order: step ", a.last_step,
@@ -329,6 +345,10 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
       in.groups.push_back(call.hyper.empty() ? h : call.hyper[g].Apply(h));
     }
     in.max_grad_norm = call.max_grad_norm;
+    {
+      absl::MutexLock lock(&mu_);
+      in.stop_vote = stop_requested_;
+    }
     auto stats = a.engine->Step(in);
     if (!stats.ok()) {
       if (Recoverable(stats.status())) return done(stats.status());
@@ -338,6 +358,17 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
     a.last_step = call.step;
     StepOutcome out{*std::move(stats), a.engine->state_bytes()};
     if (observer_) observer_(call.step, out.stats, out.state_bytes);
+    // Every rank takes the same decision here: the stop vote is the same all-reduced value
+    // everywhere, and the step numbers are too.
+    const bool every = options_.checkpoint_every > 0 && call.step % options_.checkpoint_every == 0;
+    if (checkpoints_.begin && (every || out.stats.stop_voted)) {
+      auto saved = SaveOnWorker(call.step);
+      if (!saved.ok())
+        return done(absl::Status(saved.status().code(),
+                                 absl::StrCat("step ", call.step, " was taken but its checkpoint "
+                                              "failed: ", saved.status().message())));
+    }
+    if (out.stats.stop_voted) a.stopped_after = call.step;
     done(std::move(out));
   });
 }
@@ -358,41 +389,48 @@ void RankCore::SaveCheckpoint(std::string id, int64_t step,
   Enqueue([this, id = std::move(id), step, done = std::move(done)](absl::Status aborted) mutable {
     if (!aborted.ok()) return done(aborted);
     if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
-    Attachment& a = *attachment_;
-    if (step != a.last_step)
+    if (step != attachment_->last_step)
       return done(absl::FailedPreconditionError(absl::StrCat(
-          "asked to save step ", step, " but the state is that after step ", a.last_step)));
-    // Note [Save agreement]: every rank writes and reports its shard, then the ranks count
-    // their failures (an all-reduce, the barrier the commit needs anyway). A rank whose disk is
-    // full or whose folder is gone fails the save on every rank at once; nobody commits, nobody
-    // is left waiting, the job keeps training and a later save (this step again, or a later
-    // one) starts afresh (the coordinator drops an older abandoned checkpoint).
-    absl::StatusOr<std::pair<std::string, std::string>> begun = checkpoints_.begin(step);
-    absl::Status mine = begun.status();
-    const std::string file = absl::StrCat("rank-", options_.rank, ".safetensors");
-    if (mine.ok()) {
-      absl::StatusOr<ShardFile> shard = WriteShard(*a.engine, step, begun->second + "/" + file);
-      mine = shard.ok() ? checkpoints_.report(begun->first, file, shard->bytes, shard->sha256)
-                        : shard.status();
-    }
-    int64_t failed = mine.ok() ? 0 : 1;
-    if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
-                                          options_.collective_timeout);
-        !s.ok()) {
-      Abort(s);
-      return done(RankCore::aborted());
-    }
-    if (!mine.ok())
-      return done(absl::Status(mine.code(), absl::StrCat("rank ", options_.rank, " could not save step ",
-                                                    step, ": ", mine.message())));
-    if (failed != 0)
-      return done(absl::AbortedError(absl::StrCat("the checkpoint of step ", step, " was not saved: ", failed,
-                                             " other rank(s) could not write their shard")));
-    const std::string& ckpt_id = begun->first;
-    auto manifest = checkpoints_.commit(ckpt_id);
-    if (!manifest.ok()) return done(manifest.status());
-    done(SavedCheckpoint{ckpt_id, *manifest});
+          "asked to save step ", step, " but the state is that after step ",
+          attachment_->last_step)));
+    done(SaveOnWorker(step));
   });
+}
+
+absl::StatusOr<SavedCheckpoint> RankCore::SaveOnWorker(int64_t step) {
+  Attachment& a = *attachment_;
+  if (a.saved.has_value() && a.saved->first == step) return a.saved->second;
+  // Note [Save agreement]: every rank writes and reports its shard, then the ranks count
+  // their failures (an all-reduce, the barrier the commit needs anyway). A rank whose disk is
+  // full or whose folder is gone fails the save on every rank at once; nobody commits, nobody
+  // is left waiting, the job keeps training and a later save (this step again, or a later
+  // one) starts afresh (the coordinator drops an older abandoned checkpoint).
+  absl::StatusOr<std::pair<std::string, std::string>> begun = checkpoints_.begin(step);
+  absl::Status mine = begun.status();
+  const std::string file = absl::StrCat("rank-", options_.rank, ".safetensors");
+  if (mine.ok()) {
+    absl::StatusOr<ShardFile> shard = WriteShard(*a.engine, step, begun->second + "/" + file);
+    mine = shard.ok() ? checkpoints_.report(begun->first, file, shard->bytes, shard->sha256)
+                      : shard.status();
+  }
+  int64_t failed = mine.ok() ? 0 : 1;
+  if (absl::Status s = comm_->AllReduce(&failed, 1, comm::ElemType::kInt64, comm::ReduceOp::kSum,
+                                        options_.collective_timeout);
+      !s.ok()) {
+    Abort(s);
+    return RankCore::aborted();
+  }
+  if (!mine.ok())
+    return absl::Status(mine.code(), absl::StrCat("rank ", options_.rank, " could not save step ",
+                                                  step, ": ", mine.message()));
+  if (failed != 0)
+    return absl::AbortedError(absl::StrCat("the checkpoint of step ", step, " was not saved: ", failed,
+                                           " other rank(s) could not write their shard"));
+  const std::string& ckpt_id = begun->first;
+  auto manifest = checkpoints_.commit(ckpt_id);
+  if (!manifest.ok()) return manifest.status();
+  a.saved = {step, SavedCheckpoint{ckpt_id, *manifest}};
+  return a.saved->second;
 }
 
 void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
@@ -454,6 +492,9 @@ void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
     }
     a.last_step = manifest->step;
     a.engine->set_last_step(manifest->step);
+    // Saving the loaded step again (a job restarted after its last save) returns this one.
+    a.saved = {manifest->step,
+               SavedCheckpoint{std::filesystem::path(path).parent_path().filename().string(), path}};
     done(LoadedCheckpoint{path, manifest->step, manifest->world_size});
   });
 }
@@ -525,6 +566,7 @@ void RankCore::ImportState(std::string id, int64_t step, Done<absl::Status> done
     a.state.reset();
     if (!s.ok()) return done(s);
     a.last_step = step;
+    a.saved.reset();
     done(absl::OkStatus());
   });
 }

@@ -83,6 +83,10 @@ struct StateTransfer {
 struct StepOutcome {
   EngineStepStats stats;
   StateBytes state_bytes;
+  // The job is stopping (Note [Stop requests] in runtime/service/coordinator.h): this step
+  // was not run, nothing changed, and the state after step `stopped_after` is checkpointed.
+  bool stopped = false;
+  int64_t stopped_after = 0;
 };
 
 // How a rank takes part in a checkpoint through the coordinator (Note [Checkpoint layout] in
@@ -116,6 +120,7 @@ struct RankCoreOptions {
   int64_t alignment = 16;       // shard-plan alignment in elements
   bool reduce_in_float32 = false;  // EngineOptions::reduce_in_float32 (16-bit gradients)
   std::string shm_prefix;       // e.g. "/came-<job>-r0"; buffers are <prefix>-<n>-params|grads
+  int64_t checkpoint_every = 0;  // > 0: save after every N-th step by itself (needs hooks)
   absl::Duration collective_timeout = absl::Minutes(5);
   absl::Duration agreement_timeout = absl::Minutes(5);
 };
@@ -173,6 +178,11 @@ class RankCore {
   // Fails the job: aborts the communicator (a collective in flight returns) and fails every
   // queued and later call with `reason`. Thread-safe; the first reason wins.
   void Abort(absl::Status reason);
+  // Votes, in every later step, that the job checkpoint and stop (Note [Stop requests] in
+  // runtime/service/coordinator.h): once any rank voted in a step, every rank saves the
+  // checkpoint of that step and answers every later Step with StepOutcome::stopped.
+  // Thread-safe.
+  void RequestStop();
   // Returns the abort reason, or OK.
   absl::Status aborted() const;
 
@@ -189,6 +199,9 @@ class RankCore {
   absl::Status CheckAttachment(const std::string& id) const;  // worker thread only
   // Replaces the attachment's state buffer with a new zeroed one; worker thread only.
   absl::StatusOr<StateTransfer> StateBufferOnWorker();
+  // Saves the attached engine's state after `step` (the last step taken); a second save of
+  // the same step returns the first. Worker thread only; collective.
+  absl::StatusOr<SavedCheckpoint> SaveOnWorker(int64_t step);
 
   const RankCoreOptions options_;
   std::unique_ptr<comm::Communicator> comm_;
@@ -200,6 +213,7 @@ class RankCore {
   std::deque<absl::AnyInvocable<void(absl::Status)>> queue_ ABSL_GUARDED_BY(mu_);
   absl::Status abort_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
 
   // Worker-thread state.
   std::unique_ptr<Attachment> attachment_;

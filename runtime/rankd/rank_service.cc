@@ -127,6 +127,11 @@ grpc::ServerUnaryReactor* RankService::Step(grpc::CallbackServerContext* ctx,
     const int64_t step = call.step;
     core_->Step(std::move(call), [reactor, resp, step](absl::StatusOr<StepOutcome> out) {
       if (!out.ok()) return reactor->Finish(service::ToGrpcStatus(out.status()));
+      if (out->stopped) {
+        resp->set_stopped(true);
+        resp->set_step(out->stopped_after);
+        return reactor->Finish(grpc::Status::OK);
+      }
       const EngineStepStats& s = out->stats;
       resp->set_step(step);
       resp->set_grad_norm(s.grad_norm);

@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <atomic>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
@@ -50,6 +53,12 @@ ABSL_FLAG(std::string, coordinator_ca, "", "PEM CA of the coordinator's certific
 ABSL_FLAG(std::string, coordinator_cert, "",
           "PEM client certificate presented to a coordinator that requires one (mTLS)");
 ABSL_FLAG(std::string, coordinator_key, "", "PEM key of --coordinator-cert");
+ABSL_FLAG(int64_t, generation, 0,
+          "the job's restart count (Note [Restart generations] in coordinator.h)");
+ABSL_FLAG(double, join_timeout_seconds, 60,
+          "how long to retry Join while the coordinator is unreachable or of another generation");
+ABSL_FLAG(std::string, shm_tag, "",
+          "names the shared memory /came-<tag>-r<rank>-... (empty: the job id)");
 
 namespace came::rankd {
 namespace {
@@ -88,7 +97,20 @@ absl::Status Run() {
   join.requested_rank = absl::GetFlag(FLAGS_rank);
   join.world_size = absl::GetFlag(FLAGS_world_size);
   join.host = absl::GetFlag(FLAGS_gloo_host);
+  join.generation = absl::GetFlag(FLAGS_generation);
+  // The coordinator may not listen yet (another node starts it), or may still be the one of
+  // the previous generation (Unavailable): retried until the join deadline.
+  const absl::Time join_deadline =
+      absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_join_timeout_seconds));
+  // A coordinator shutting down cancels the call: retried as well.
+  auto retry = [](const absl::Status& s) {
+    return absl::IsUnavailable(s) || absl::IsCancelled(s) || absl::IsDeadlineExceeded(s);
+  };
   auto joined = client->Join(join);
+  while (!joined.ok() && retry(joined.status()) && absl::Now() < join_deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+    joined = client->Join(join);
+  }
   if (!joined.ok()) return joined.status();
   const int rank = joined->rank, world = joined->world_size;
   std::cerr << "came-rankd: joined job " << joined->job_id << " as rank " << rank << " of "
@@ -99,6 +121,25 @@ absl::Status Run() {
         "the job's backend is ", std::string(service::BackendName(joined->config.backend)),
         ", which came-rankd does not offer yet (GPU buffers need CUDA IPC): start the "
         "coordinator with --backend gloo"));
+
+  // Heartbeats start at once: the lease runs from Join, and the Gloo rendezvous below may
+  // wait for ranks of other nodes for longer than a lease. Until the engine exists, a job
+  // failure only records the stop (the rendezvous's store waits fail with the job).
+  service::StopRequest stop;  // a job failure (heartbeat thread) or a signal: the first wins
+  std::atomic<RankCore*> live_core{nullptr};
+  std::atomic<bool> asked_to_stop{false};
+  std::unique_ptr<service::HeartbeatThread> heartbeat = std::make_unique<service::HeartbeatThread>(
+      client.get(), rank, joined->config.lease / 3, joined->config.lease,
+      [&](absl::Status reason) {
+        if (RankCore* c = live_core.load()) c->Abort(reason);
+        stop.Request(reason);
+      },
+      [&] {
+        std::cerr << "came-rankd rank " << rank
+                  << ": the job was asked to stop; checkpointing after the next step" << std::endl;
+        asked_to_stop = true;
+        if (RankCore* c = live_core.load()) c->RequestStop();
+      });
 
   // Connect to the other ranks through the coordinator's store.
   service::CoordinatorStore coordinator_store(client);
@@ -117,9 +158,14 @@ absl::Status Run() {
   ro.num_threads = threads;
   ro.alignment = joined->config.plan_alignment;
   ro.reduce_in_float32 = absl::GetFlag(FLAGS_reduce_in_float32);
-  ro.shm_prefix = absl::StrCat("/came-", joined->job_id, "-r", rank);
+  const std::string shm_tag = absl::GetFlag(FLAGS_shm_tag);
+  if (shm_tag.size() > 64 || !std::all_of(shm_tag.begin(), shm_tag.end(), [](char c) {
+        return absl::ascii_isalnum(c) || c == '-' || c == '_';
+      }))
+    return absl::InvalidArgumentError("--shm-tag wants at most 64 letters, digits, '-' or '_'");
+  ro.shm_prefix = absl::StrCat("/came-", shm_tag.empty() ? joined->job_id : shm_tag, "-r", rank);
+  ro.checkpoint_every = joined->config.checkpoint_every;
   ro.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_seconds));
-  std::unique_ptr<service::HeartbeatThread> heartbeat;
   CheckpointHooks checkpoints;
   if (!joined->config.checkpoint_dir.empty()) {
     checkpoints.begin = [client, rank](int64_t step)
@@ -155,14 +201,8 @@ absl::Status Run() {
       },
       metrics.Instrument(std::move(checkpoints)));
   if (!core.ok()) return core.status();
-
-  service::StopRequest stop;  // a job failure (heartbeat thread) or a signal: the first wins
-  heartbeat = std::make_unique<service::HeartbeatThread>(
-      client.get(), rank, joined->config.lease / 3, joined->config.lease,
-      [&](absl::Status reason) {
-        (*core)->Abort(reason);
-        stop.Request(reason);
-      });
+  live_core = core->get();  // a failure before this point is in `stop` already
+  if (asked_to_stop) (*core)->RequestStop();
 
   auto server_creds = service::ServerCredentialsFromFiles(
       absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca));

@@ -12,6 +12,7 @@
 #include "kernels/hyper_check.h"
 #include "nlohmann/json.hpp"
 #include "runtime/service/checkpoint_files.h"
+#include "runtime/service/checkpoint_retention.h"
 #include "runtime/service/limits.h"
 #include "runtime/service/validation.h"
 
@@ -95,6 +96,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
     return absl::InvalidArgumentError("the plan alignment must be >= 1");
   }
   if (absl::Status s = CheckHyper(options.config.defaults); !s.ok()) return s;
+  if (options.generation < 0 || options.config.checkpoint_every < 0 ||
+      options.keep_checkpoints < 0) {
+    return absl::InvalidArgumentError(
+        "generation, checkpoint_every and keep_checkpoints must be >= 0");
+  }
   if (options.job_id.empty()) options.job_id = RandomJobId();
   std::optional<CheckpointInfo> latest;
   if (!options.config.checkpoint_dir.empty()) {
@@ -174,6 +180,17 @@ void Coordinator::ExpireLeasesLocked(absl::Time now, DeferredCalls& deferred) {
 
 absl::StatusOr<JoinResult> Coordinator::Join(const JoinRequest& request) {
   const int w = options_.world_size;
+  if (request.generation > options_.generation) {
+    return absl::UnavailableError(absl::StrFormat(
+        "this coordinator runs generation %d of the job and the rank generation %d: retry "
+        "until the restarted coordinator answers",
+        options_.generation, request.generation));
+  }
+  if (request.generation < options_.generation) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the rank belongs to generation %d of the job, which has restarted as generation %d",
+        request.generation, options_.generation));
+  }
   if (request.world_size != 0 && request.world_size != w) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "world size mismatch: the rank expects %d, the job has %d", request.world_size, w));
@@ -228,7 +245,7 @@ absl::StatusOr<HeartbeatResult> Coordinator::Heartbeat(int rank, int64_t step) {
     m.last_heartbeat = now;
     m.step = std::max(m.step, step);
   }
-  return HeartbeatResult{state_, abort_reason_, options_.config.lease};
+  return HeartbeatResult{state_, abort_reason_, options_.config.lease, stop_requested_};
 }
 
 absl::Status Coordinator::StoreSet(std::string_view key, std::string_view value) {
@@ -407,6 +424,10 @@ absl::StatusOr<CheckpointInfo> Coordinator::CommitCheckpoint(std::string_view ch
   CheckpointInfo info = pending.info;
   latest_checkpoint_ = info;
   ++checkpoint_commits_;
+  if (options_.keep_checkpoints > 0) {
+    // The commit stands even if pruning fails; the next commit tries again.
+    (void)PruneCheckpoints(options_.config.checkpoint_dir, options_.keep_checkpoints);
+  }
   for (auto p = pending_checkpoints_.begin(); p != pending_checkpoints_.end();) {
     if (p->second.info.step <= info.step) {
       p = pending_checkpoints_.erase(p);
@@ -473,6 +494,8 @@ JobStatus Coordinator::Status() {
   }
   status.latest_checkpoint = latest_checkpoint_;
   status.checkpoint_commits = checkpoint_commits_;
+  status.stop_requested = stop_requested_;
+  status.generation = options_.generation;
   return status;
 }
 
@@ -507,6 +530,20 @@ absl::Status Coordinator::Fail(int rank, std::string_view reason) {
   FailLocked(rank == -1 ? absl::StrCat("operator: ", std::string(reason))
                         : absl::StrFormat("rank %d: %s", rank, reason),
              deferred);
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::RequestStop() {
+  absl::MutexLock lock(&mu_);
+  if (options_.config.checkpoint_dir.empty()) {
+    return absl::FailedPreconditionError(
+        "cannot stop at a checkpoint: the coordinator has no checkpoint folder");
+  }
+  if (state_ == JobState::kFailed || state_ == JobState::kFinished) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the job is ", std::string(JobStateName(state_))));
+  }
+  stop_requested_ = true;
   return absl::OkStatus();
 }
 

@@ -20,6 +20,21 @@
 //
 // Every method is thread-safe. Input is checked against limits.h before any state
 // changes (InvalidArgument).
+//
+// Note [Restart generations]
+// A job restarted from its last checkpoint (came-launch --max-restarts) runs a fresh
+// coordinator and fresh ranks; the launcher numbers the attempts 0, 1, 2, ... and gives the
+// number to both. A coordinator admits only ranks of its own generation: a rank of a later
+// one gets Unavailable (it retries until the restarted coordinator answers on the same
+// address: on another node, the old coordinator may not have been stopped yet), a rank of
+// an earlier one gets FailedPrecondition (a straggler of the failed attempt).
+//
+// Note [Stop requests]
+// RequestStop (a preempted job: came-launch received SIGTERM) sets a flag that every
+// Heartbeat answer carries. A rank that has seen it votes to stop in its next step; the
+// vote travels in the step's first all-reduce (StepInputs::stop_vote in sharded_came.h), so
+// every rank learns in the same step that some rank voted, saves the checkpoint of that
+// step and then refuses further steps: the trainers exit cleanly and a new job resumes.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +66,9 @@ struct CoordinatorOptions {
   std::string token;        // the shared secret; must not be empty
   JobConfig config;         // lease > 0, plan_alignment >= 1
   std::string job_id;       // "" = a random id
+  int64_t generation = 0;   // Note [Restart generations]
+  int keep_checkpoints = 0; // > 0: keep only the newest K committed checkpoints
+                            // (Note [Checkpoint retention] in checkpoint_retention.h)
 };
 
 class Coordinator {
@@ -107,6 +125,9 @@ class Coordinator {
   // Fails the job: "rank <rank>: <reason>" (rank -1: "operator: <reason>"). The first
   // failure's reason is kept.
   absl::Status Fail(int rank, std::string_view reason);
+  // Asks every rank to checkpoint at its next step and stop (Note [Stop requests]).
+  // FailedPrecondition when checkpoints are off or the job is over.
+  absl::Status RequestStop();
 
   // Expires leases and the waits whose deadline has passed (Note [Waits without threads]).
   void Poll();
@@ -171,6 +192,7 @@ class Coordinator {
   std::map<std::string, PendingCheckpoint, std::less<>> pending_checkpoints_ ABSL_GUARDED_BY(mu_);
   std::optional<CheckpointInfo> latest_checkpoint_ ABSL_GUARDED_BY(mu_);
   int64_t checkpoint_commits_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace came::service

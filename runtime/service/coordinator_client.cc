@@ -48,6 +48,7 @@ absl::StatusOr<JoinResult> CoordinatorClient::Join(const JoinRequest& request) {
   req.set_world_size(request.world_size);
   for (const std::string& e : request.endpoints) req.add_endpoints(e);
   req.set_host(request.host);
+  req.set_generation(request.generation);
   v1::JoinResponse resp;
   grpc::ClientContext ctx;
   Prepare(ctx, options_.rpc_timeout);
@@ -64,7 +65,7 @@ absl::StatusOr<HeartbeatResult> CoordinatorClient::Heartbeat(int rank, int64_t s
   Prepare(ctx, options_.rpc_timeout);
   if (absl::Status s = FromGrpcStatus(stub_->Heartbeat(&ctx, req, &resp)); !s.ok()) return s;
   return HeartbeatResult{FromProto(resp.state()), resp.abort_reason(),
-                         absl::Milliseconds(resp.lease_ms())};
+                         absl::Milliseconds(resp.lease_ms()), resp.stop_requested()};
 }
 
 absl::Status CoordinatorClient::StoreSet(std::string_view key, std::string_view value) {
@@ -209,12 +210,14 @@ absl::Status CoordinatorClient::Fail(int rank, std::string_view reason) {
 }
 
 HeartbeatThread::HeartbeatThread(CoordinatorClient* client, int rank, absl::Duration interval,
-                                 absl::Duration lease, AbortCallback on_abort)
+                                 absl::Duration lease, AbortCallback on_abort,
+                                 StopCallback on_stop)
     : client_(client),
       rank_(rank),
       interval_(interval),
       lease_(lease),
       on_abort_(std::move(on_abort)),
+      on_stop_(std::move(on_stop)),
       thread_([this] { Run(); }) {}
 
 HeartbeatThread::~HeartbeatThread() { Stop(); }
@@ -250,6 +253,10 @@ void HeartbeatThread::Run() {
     absl::StatusOr<HeartbeatResult> hb = client_->Heartbeat(rank_, step);
     if (hb.ok()) {
       last_ok = absl::Now();
+      if (hb->stop_requested && on_stop_) {
+        on_stop_();
+        on_stop_ = nullptr;  // once
+      }
       absl::MutexLock lock(&mu_);
       state_ = hb->state;
       if (hb->state == JobState::kFinished) return;

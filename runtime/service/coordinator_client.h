@@ -83,11 +83,14 @@ class HeartbeatThread {
   // Called once: Aborted with the reason when the job failed, Unavailable when no heartbeat
   // succeeded for a whole lease. Not called when the job finishes.
   using AbortCallback = absl::AnyInvocable<void(absl::Status)>;
+  // Called once, on the heartbeat thread, when an answer says the job was asked to stop
+  // (Note [Stop requests] in coordinator.h).
+  using StopCallback = absl::AnyInvocable<void()>;
 
   // Starts heartbeats for rank every `interval` (typically the lease / 3). The client is not
   // owned and must outlive the thread.
   HeartbeatThread(CoordinatorClient* client, int rank, absl::Duration interval,
-                  absl::Duration lease, AbortCallback on_abort);
+                  absl::Duration lease, AbortCallback on_abort, StopCallback on_stop = nullptr);
   ~HeartbeatThread();  // stops
   HeartbeatThread(const HeartbeatThread&) = delete;
   HeartbeatThread& operator=(const HeartbeatThread&) = delete;
@@ -107,6 +110,7 @@ class HeartbeatThread {
   const absl::Duration interval_;
   const absl::Duration lease_;
   AbortCallback on_abort_;
+  StopCallback on_stop_;  // heartbeat thread only
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   int64_t step_ ABSL_GUARDED_BY(mu_) = -1;

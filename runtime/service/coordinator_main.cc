@@ -1,7 +1,9 @@
 // came-coordinator: the job's coordinator (docs/design.md, "Processes"). Serves
 // came.v1.Coordinator on --listen and, with --metrics-port, Prometheus metrics on the same
 // host. Prints one line "came-coordinator listening on HOST:PORT" on stdout once serving,
-// so launchers can read the bound port. Stops cleanly on SIGINT or SIGTERM.
+// so launchers can read the bound port. Stops cleanly on SIGINT or SIGTERM. SIGUSR1 asks
+// the job to checkpoint at its next step and stop (Note [Stop requests] in coordinator.h):
+// came-launch sends it when it is itself asked to stop with SIGTERM.
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -36,6 +38,12 @@ ABSL_FLAG(std::string, checkpoint_dir, "", "root folder of checkpoints (empty: o
 ABSL_FLAG(std::string, backend, "gloo", "collective backend of the ranks: gloo or nccl");
 ABSL_FLAG(int64_t, plan_alignment, 16, "shard-plan alignment in elements (every rank follows it)");
 ABSL_FLAG(std::string, job_id, "", "the job's id (empty: random)");
+ABSL_FLAG(int64_t, generation, 0,
+          "the job's restart count; only ranks of this generation may join");
+ABSL_FLAG(int64_t, checkpoint_every, 0,
+          "every rank saves a checkpoint after every N-th step by itself (0: off)");
+ABSL_FLAG(int, keep_checkpoints, 0,
+          "keep only the newest K committed checkpoints (0: keep all)");
 
 namespace came::service {
 namespace {
@@ -43,8 +51,10 @@ namespace {
 // Set by the signal handler (only a sig_atomic_t store is async-signal-safe); the main
 // thread polls it.
 volatile std::sig_atomic_t g_signalled = 0;
+volatile std::sig_atomic_t g_stop_requested = 0;
 
 void RecordSignal(int) { g_signalled = 1; }
+void RecordStopRequest(int) { g_stop_requested = 1; }
 
 absl::Status Run() {
   CoordinatorOptions options;
@@ -59,6 +69,14 @@ absl::Status Run() {
   options.config.lease = absl::Seconds(lease);
   options.config.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.config.plan_alignment = absl::GetFlag(FLAGS_plan_alignment);
+  options.generation = absl::GetFlag(FLAGS_generation);
+  options.config.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
+  if ((options.config.checkpoint_every > 0 || options.keep_checkpoints > 0) &&
+      options.config.checkpoint_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--checkpoint-every and --keep-checkpoints need --checkpoint-dir");
+  }
   absl::StatusOr<Backend> backend = ParseBackend(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) return backend.status();
   options.config.backend = *backend;
@@ -83,6 +101,7 @@ absl::Status Run() {
 
   std::signal(SIGINT, RecordSignal);
   std::signal(SIGTERM, RecordSignal);
+  std::signal(SIGUSR1, RecordStopRequest);
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Create(core->get(), server_options);
   if (!server.ok()) return server.status();
@@ -95,7 +114,15 @@ absl::Status Run() {
     std::cerr << "came-coordinator: metrics on port " << (*server)->metrics_port() << "/metrics"
               << std::endl;
   }
-  while (g_signalled == 0) absl::SleepFor(absl::Milliseconds(50));
+  while (g_signalled == 0) {
+    absl::SleepFor(absl::Milliseconds(50));
+    if (g_stop_requested != 0) {
+      g_stop_requested = 0;
+      const absl::Status s = (*core)->RequestStop();
+      std::cerr << "came-coordinator: asked to stop at the next step: "
+                << (s.ok() ? "every rank will checkpoint and stop" : s.ToString()) << std::endl;
+    }
+  }
   std::cerr << "came-coordinator: signal received, shutting down" << std::endl;
   (*server)->Shutdown();
   return absl::OkStatus();

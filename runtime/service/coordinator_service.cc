@@ -85,6 +85,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Join(grpc::CallbackServerContext* 
   join.world_size = req->world_size();
   join.endpoints.assign(req->endpoints().begin(), req->endpoints().end());
   join.host = req->host();
+  join.generation = req->generation();
   absl::StatusOr<JoinResult> result = core_->Join(join);
   if (result.ok()) {
     resp->set_rank(result->rank);
@@ -105,6 +106,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
     resp->set_state(ToProto(r->state));
     resp->set_abort_reason(r->abort_reason);
     resp->set_lease_ms(absl::ToInt64Milliseconds(r->lease));
+    resp->set_stop_requested(r->stop_requested);
     return absl::OkStatus();
   });
 }

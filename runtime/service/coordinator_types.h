@@ -36,6 +36,7 @@ struct JobConfig {
   int64_t plan_version = kShardPlanVersion;
   std::string checkpoint_dir;  // "" = checkpoints off
   absl::Duration lease = absl::Seconds(10);
+  int64_t checkpoint_every = 0;  // every rank saves after every N-th step by itself; 0 = off
 };
 
 struct JoinRequest {
@@ -43,6 +44,7 @@ struct JoinRequest {
   int world_size = 0;       // 0: any
   std::vector<std::string> endpoints;
   std::string host;
+  int64_t generation = 0;   // Note [Restart generations] in coordinator.h
 };
 
 struct JoinResult {
@@ -56,6 +58,7 @@ struct HeartbeatResult {
   JobState state = JobState::kForming;
   std::string abort_reason;  // set when state is kFailed
   absl::Duration lease;
+  bool stop_requested = false;  // RequestStop was called: save at the next step and stop
 };
 
 // A digest of a tensor manifest (names, shapes, dtypes, groups) and its tensor count.
@@ -98,6 +101,8 @@ struct JobStatus {
   int64_t step = -1;                  // the lowest step over members
   std::optional<CheckpointInfo> latest_checkpoint;
   int64_t checkpoint_commits = 0;     // since the coordinator started
+  bool stop_requested = false;
+  int64_t generation = 0;
 };
 
 }  // namespace came::service

@@ -44,6 +44,7 @@ void ToProto(const JobConfig& config, v1::JobConfig* out) {
   out->set_plan_version(config.plan_version);
   out->set_checkpoint_dir(config.checkpoint_dir);
   out->set_lease_ms(absl::ToInt64Milliseconds(config.lease));
+  out->set_checkpoint_every(config.checkpoint_every);
 }
 
 JobConfig FromProto(const v1::JobConfig& config) {
@@ -56,6 +57,7 @@ JobConfig FromProto(const v1::JobConfig& config) {
   out.plan_version = config.plan_version();
   out.checkpoint_dir = config.checkpoint_dir();
   out.lease = absl::Milliseconds(config.lease_ms());
+  out.checkpoint_every = config.checkpoint_every();
   return out;
 }
 
@@ -88,6 +90,8 @@ void ToProto(const JobStatus& status, v1::JobStatusResponse* out) {
   out->set_step(status.step);
   out->set_has_checkpoint(status.latest_checkpoint.has_value());
   if (status.latest_checkpoint) ToProto(*status.latest_checkpoint, out->mutable_latest_checkpoint());
+  out->set_stop_requested(status.stop_requested);
+  out->set_generation(status.generation);
 }
 
 JobStatus FromProto(const v1::JobStatusResponse& status) {
@@ -103,6 +107,8 @@ JobStatus FromProto(const v1::JobStatusResponse& status) {
   }
   out.step = status.step();
   if (status.has_checkpoint()) out.latest_checkpoint = FromProto(status.latest_checkpoint());
+  out.stop_requested = status.stop_requested();
+  out.generation = status.generation();
   return out;
 }
 

@@ -210,12 +210,14 @@ TEST_F(LaunchTest, PrefixesOutputAndPassesTheEnvironment) {
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat(
                            "[coordinator] args: --listen 127.0.0.1:0 --world-size 2 --token-file ",
                            token_file, " --backend gloo --job-id ")));
+  EXPECT_THAT(run.out, HasSubstr(" --generation 0 --metrics-port 9100\n"));
   EXPECT_THAT(run.out, HasSubstr(" --metrics-port 9100\n"));
   EXPECT_THAT(run.out, HasSubstr("[coordinator] came-coordinator listening on 127.0.0.1:4100\n"));
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat(
                            "[rankd 1] args: --coordinator 127.0.0.1:4100 --token-file ", token_file,
-                           " --rank 1 --world-size 2 --listen 127.0.0.1:0 "
-                           "--threads 3 --metrics-port 9102\n")));
+                           " --rank 1 --world-size 2 --listen 127.0.0.1:0 --gloo-host 127.0.0.1 "
+                           "--threads 3 --generation 0 --shm-tag ")));
+  EXPECT_THAT(run.out, HasSubstr(" --join-timeout-seconds 60 --metrics-port 9102\n"));
   for (int r = 0; r < 2; ++r) {
     EXPECT_THAT(run.out, HasSubstr(absl::StrCat("[trainer ", r, "] rank=", r,
                                                 " world=2 rankd=127.0.0.1:", 5000 + r,

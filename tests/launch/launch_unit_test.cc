@@ -110,7 +110,7 @@ TEST(LaunchOptionsTest, RejectsBadFlagsWithTheirName) {
            "--",
        },
        "no trainer command"},
-      {{"--", "x"}, "--nproc is required"},
+      {{"--", "x"}, "--nproc (or --nproc-per-node) is required"},
       {{"--nproc"}, "--nproc needs a value"},
       {{"--nproc", "2", "train.py"}, "after '--'"},
       {{"--nproc", "2", "--metrics-port", "70000", "--", "x"}, "--metrics-port"},

@@ -27,6 +27,7 @@ _LAZY = {
     "CameError": ".errors",
     "InvalidArgumentError": ".errors",
     "LaunchEnv": ".launch_env",
+    "Preempted": ".errors",
     "launch_env": ".launch_env",
     "RankClient": ".rank_client",
     "ShardedCAME": ".optimizer",

@@ -29,8 +29,11 @@ from typing import Dict, Optional
 import torch
 from torch.optim.optimizer import Optimizer, required
 
+import grpc
+
 from . import _state
 from ._proto import common_pb2, rank_pb2
+from .errors import CameError, Preempted
 from .launch_env import launch_env
 from .rank_client import RankClient
 from .shm import SharedTensorBuffer, proto_dtype
@@ -136,6 +139,11 @@ class ShardedCAME(Optimizer):
       address, token: the rankd (host:port) and its bearer token; default to
         CAME_RANKD_ADDRESS and CAME_TOKEN, as set by came-launch.
       timeout: deadline in seconds of every call to rankd.
+      tls_ca: a PEM CA file: talk TLS to a rankd started with --tls-cert (None: plaintext).
+      resume: load the job's latest committed checkpoint right after attaching (the job
+        must have a checkpoint folder: came-launch --checkpoint-dir); when none is
+        committed yet, start fresh. step_count then says where training continues
+        (how jobs restarted by came-launch --max-restarts continue).
 
     See Note [Zero-copy buffers]. Call close() (or use `with`) to detach; the parameters
     stay usable afterwards, in ordinary memory.
@@ -143,7 +151,7 @@ class ShardedCAME(Optimizer):
 
     def __init__(self, params, lr=required, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16),
                  clip_threshold=1.0, weight_decay=0.0, max_grad_norm=None, *,
-                 address=None, token=None, timeout=600.0):
+                 address=None, token=None, timeout=600.0, resume=False, tls_ca=None):
         self._closed = True  # until attached: close() and __del__ have nothing to do
         groups, names = _normalize_groups(params)
         defaults = dict(lr=lr, betas=tuple(betas), eps=tuple(eps),
@@ -161,13 +169,16 @@ class ShardedCAME(Optimizer):
         self._dtype = self._check_params()
 
         env = launch_env(address=address, token=token)
-        self._client = RankClient(env.address, env.token, timeout)
+        self._client = RankClient(env.address, env.token, timeout, tls_ca=tls_ca)
         self._params_buf = self._grads_buf = None
         self._param_views, self._grad_views = [], []
         self._step = 0
         self.last_step_stats = None
+        self.resumed_from = None  # the LoadCheckpointResponse when resume found a checkpoint
         try:
             self._attach()
+            if resume:
+                self._resume()
         except BaseException:
             self._copy_out()
             self._release(raise_errors=False)
@@ -218,6 +229,14 @@ class ShardedCAME(Optimizer):
                 p.grad = gv
         self.state_bytes = state_bytes_of(self._client.sync_parameters(self.attachment_id))
 
+    def _resume(self):
+        try:
+            self.resumed_from = self.load_checkpoint()
+        except CameError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            # No committed checkpoint yet: a fresh start.
+
     def _check_layout(self, response):
         layouts = list(response.tensors)
         if len(layouts) != len(self._params):
@@ -250,7 +269,8 @@ class ShardedCAME(Optimizer):
     def step(self, closure=None):
         """Runs one CAME step in rankd; returns the closure's loss (None without one).
 
-        Raises CameError when rankd refuses or fails the step."""
+        Raises CameError when rankd refuses or fails the step, and came.Preempted (a
+        SystemExit with status 0) instead of stepping once the job is stopping."""
         self._check_open()
         loss = None
         if closure is not None:
@@ -265,7 +285,11 @@ class ShardedCAME(Optimizer):
                                               hyperparameters=_hyperparameters(g))
                     for g in self.param_groups],
             max_grad_norm=self.max_grad_norm or 0.0)
-        self.last_step_stats = StepStats.from_proto(self._client.step(request))
+        response = self._client.step(request)
+        if response.stopped:
+            self._step = response.step  # not taken: the checkpoint is of the step before
+            raise Preempted(response.step)
+        self.last_step_stats = StepStats.from_proto(response)
         return loss
 
     def state_dict(self):
