@@ -49,10 +49,6 @@ def _hyper(group):
             _float(group, "clip_threshold"), _float(group, "weight_decay"))
 
 
-# The state buffers of came_tensor_ptrs after param and grad, in the ABI's order.
-_PTR_KEYS = (MASTER_KEY, "exp_avg", "exp_avg_sq") + _FACTORED_KEYS
-
-
 def _check_state(p, st):
     """Raises ValueError unless a parameter's state tensors are what the kernels write:
     float32, contiguous, on the parameter's device, in came-pytorch's shapes."""
@@ -114,7 +110,8 @@ class _Runner:
         self.handle = lib.create(device_index, descs, num_threads)
         # Destroyed with the runner, or at exit before the interpreter tears modules down.
         weakref.finalize(self, lib.lib.came_optimizer_destroy, self.handle)
-        self.state_ptrs = None  # per tensor: the state pointers of the last step (_PTR_KEYS)
+        self.factored = [p.dim() >= 2 for p, _, _ in items]
+        self.state_ptrs = None  # per tensor: the state pointers of the last step
 
     def step(self, items, states, hyper, stream, want_result):
         """Runs one step over `items` (param, grad, group) with their state dicts."""
@@ -122,8 +119,18 @@ class _Runner:
         cached = self.state_ptrs
         fresh = []
         for i, ((p, g, _), st) in enumerate(zip(items, states)):
-            rest = tuple(0 if t is None else t.data_ptr() for t in map(st.get, _PTR_KEYS))
-            if cached is None or cached[i] != rest:
+            master = st.get(MASTER_KEY)
+            try:
+                if self.factored[i]:
+                    rest = (0 if master is None else master.data_ptr(), st["exp_avg"].data_ptr(),
+                            0, st["exp_avg_sq_row"].data_ptr(), st["exp_avg_sq_col"].data_ptr(),
+                            st["exp_avg_res_row"].data_ptr(), st["exp_avg_res_col"].data_ptr())
+                else:
+                    rest = (0 if master is None else master.data_ptr(), st["exp_avg"].data_ptr(),
+                            st["exp_avg_sq"].data_ptr(), 0, 0, 0, 0)
+            except (KeyError, AttributeError):
+                rest = None
+            if rest is None or cached is None or cached[i] != rest:
                 _check_state(p, st)  # new or moved state buffers: check them before use
             fresh.append(rest)
             flat.append(p.data_ptr())
