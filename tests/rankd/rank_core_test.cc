@@ -901,5 +901,111 @@ TEST(RankCoreTest, CreateRejectsBadOptions) {
             absl::StatusCode::kInvalidArgument);
 }
 
+
+// ---- Whole-state transfer (ExportState, ReserveStateBuffer, ImportState) -----------------
+
+std::future<absl::StatusOr<StateTransfer>> ExportAsync(RankCore& c, const std::string& id) {
+  auto [done, f] = Callback<absl::StatusOr<StateTransfer>>();
+  c.ExportState(id, std::move(done));
+  return std::move(f);
+}
+absl::StatusOr<StateTransfer> ReserveSync(RankCore& c, const std::string& id) {
+  auto [done, f] = Callback<absl::StatusOr<StateTransfer>>();
+  c.ReserveStateBuffer(id, std::move(done));
+  return Wait(f);
+}
+absl::Status ImportSync(RankCore& c, const std::string& id, int64_t step) {
+  auto [done, f] = Callback<absl::Status>();
+  c.ImportState(id, step, std::move(done));
+  return Wait(f);
+}
+
+// Returns a state buffer's floats (mapped as a trainer does).
+std::vector<float> ReadState(const StateTransfer& t) {
+  auto buffer = SharedBuffer::Open(t.buffer_name, t.buffer_bytes);
+  EXPECT_TRUE(buffer.ok()) << buffer.status();
+  if (!buffer.ok()) return {};
+  const float* f = static_cast<const float*>((*buffer)->data());
+  return std::vector<float>(f, f + t.layout.size);
+}
+
+TEST(RankCoreTest, OneRankExportsTheWholeStateWhileTheOtherSteps) {
+  auto cores = MakeCores(2);
+  ASSERT_NE(cores, nullptr);
+  auto tr = StartAll(*cores);
+  ASSERT_EQ(tr.size(), 2u);
+  auto twin = Twin(2);
+  ASSERT_NE(twin, nullptr);
+  for (int step = 1; step <= 2; ++step) {
+    for (auto& out : StepAll(*cores, tr, step)) ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_TRUE(TwinStep(*twin, step).ok());
+  }
+  // Rank 1's trainer goes on to step 3; rank 0's saves first: rank 1 serves the export.
+  tr[1].WriteGrads(1, 3);
+  auto stepping = StepAsync((*cores)[1], MakeStep(tr[1].layout.attachment_id, 3));
+  auto exported_f = ExportAsync((*cores)[0], tr[0].layout.attachment_id);
+  absl::StatusOr<StateTransfer> exported = Wait(exported_f);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ(exported->step, 2);
+  EXPECT_FALSE(Ready(stepping)) << "rank 1's step ran without rank 0";
+  const std::vector<float> state = ReadState(*exported);
+  ASSERT_EQ(static_cast<int64_t>(state.size()), exported->layout.size);
+  for (size_t t = 0; t < twin->plan().tensors.size(); ++t) {
+    const auto& tensor = twin->plan().tensors[t];
+    const auto expected = twin->State(static_cast<int>(t));
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    const std::vector<double> exp_avg(state.begin() + tensor.offset,
+                                      state.begin() + tensor.offset + tensor.geom.numel);
+    EXPECT_EQ(exp_avg, expected->at("exp_avg")) << tensor.spec.name;
+  }
+  tr[0].WriteGrads(0, 3);
+  ASSERT_TRUE(StepSync((*cores)[0], MakeStep(tr[0].layout.attachment_id, 3)).ok());
+  ASSERT_TRUE(Wait(stepping).ok());
+  ASSERT_TRUE(TwinStep(*twin, 3).ok());
+  for (int t = 0; t < static_cast<int>(twin->plan().tensors.size()); ++t)
+    EXPECT_EQ(tr[1].Param(t), twin->Param(t));
+  EXPECT_FALSE(ShmExists(exported->buffer_name)) << "the export buffer outlived the next step";
+}
+
+TEST(RankCoreTest, ImportNeedsAReservedBufferAndRefusesBadStateUnchanged) {
+  auto cores = MakeCores(1);
+  ASSERT_NE(cores, nullptr);
+  auto tr = StartAll(*cores);
+  ASSERT_EQ(tr.size(), 1u);
+  const std::string id = tr[0].layout.attachment_id;
+  ASSERT_TRUE(StepAll(*cores, tr, 1)[0].ok());
+  ExpectStatus(ImportSync((*cores)[0], id, 1), absl::StatusCode::kFailedPrecondition,
+               "call ReserveStateBuffer");
+  auto before_f = ExportAsync((*cores)[0], id);
+  auto before = Wait(before_f);
+  ASSERT_TRUE(before.ok()) << before.status();
+  const std::vector<float> good = ReadState(*before);
+
+  auto reserved = ReserveSync((*cores)[0], id);
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  {
+    auto buffer = SharedBuffer::Open(reserved->buffer_name, reserved->buffer_bytes);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
+    float* f = static_cast<float*>((*buffer)->data());
+    std::copy(good.begin(), good.end(), f);
+    f[reserved->layout.exp_avg_sq + tr[0].layout.plan.tensors[1].offset] = -2.0f;
+  }
+  ExpectStatus(ImportSync((*cores)[0], id, 7), absl::StatusCode::kInvalidArgument,
+               "tensor 'embed_bias': exp_avg_sq[0] is -2");
+  auto after_f = ExportAsync((*cores)[0], id);
+  auto after = Wait(after_f);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(ReadState(*after), good);
+  EXPECT_EQ(after->step, 1);
+  // A good import sets the step: the next step is numbered after it.
+  reserved = ReserveSync((*cores)[0], id);
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  ASSERT_TRUE(ImportSync((*cores)[0], id, 5).ok());
+  ExpectStatus(StepSync((*cores)[0], MakeStep(id, 5)).status(),
+               absl::StatusCode::kFailedPrecondition, "step 5 is out of order");
+  tr[0].WriteGrads(0, 6);
+  EXPECT_TRUE(StepSync((*cores)[0], MakeStep(id, 6)).ok());
+}
+
 }  // namespace
 }  // namespace came::rankd
