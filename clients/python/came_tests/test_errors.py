@@ -119,6 +119,20 @@ class Errors(unittest.TestCase):
                         if isinstance(v, torch.Tensor):
                             self.assertTrue(torch.equal(v, opt.state_dict()["state"][pid][k]))
 
+    def test_cuda_library_without_a_device(self):
+        from came import _lib
+        if _lib.find_library(_lib.CUDA_LIBRARY) is None:
+            self.skipTest("this build has no CUDA kernels (libcame_capi_cuda.so)")
+        if torch.cuda.is_available():
+            self.skipTest("a CUDA device is present")
+        lib = _lib.load(cuda=True)
+        self.assertIn("cuda=sm_", lib.build_info)
+        self.assertEqual(lib.lib.came_cuda_device_count(), 0)
+        d = _lib.TensorDesc()
+        d.ndim, d.shape[0] = 1, 4
+        with self.assertRaisesRegex(_lib.CameLibraryError, "CUDA device 0 is not present"):
+            lib.create(0, [d], 0)
+
     def test_cuda_without_cuda_kernels(self):
         if not torch.cuda.is_available():
             self.skipTest("no CUDA device")
