@@ -188,8 +188,9 @@ class CAME(torch.optim.Optimizer):
         loaded elsewhere) is refreshed from it at the next step. Write a 16-bit parameter in
         place between steps only through load_state_dict;
       * a step whose gradients (of one device) hold a NaN or an infinity is skipped: the
-        parameters and state of that device stay unchanged (came_pytorch would write NaNs);
-        last_step_result() tells;
+        parameters and state tensors of that device stay unchanged (came_pytorch would write
+        NaNs; the "step" counter still counts the call, as the CUDA step cannot tell without
+        waiting); last_step_result() tells;
       * bad input raises before anything changes: a non-float parameter or gradient, a sparse
         gradient, a gradient of another shape or device, a bad hyperparameter (ValueError;
         sparse: RuntimeError as in came_pytorch).
