@@ -209,6 +209,19 @@ class CAME(torch.optim.Optimizer):
                         betas=tuple(betas), weight_decay=weight_decay)
         super().__init__(params, defaults)
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_num_threads"] = self._num_threads
+        return state
+
+    def __setstate__(self, state):
+        """Restores a pickled or deep-copied optimizer (and load_state_dict's new state): the
+        library's optimizers are rebuilt at the next step."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("_num_threads", None)
+        self._runners = {}
+        self._verify_masters = True
+
     @property
     def supports_memory_efficient_fp16(self):
         return True

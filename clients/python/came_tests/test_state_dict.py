@@ -146,6 +146,22 @@ class StateDictRoundTrip(Case):
             self.assertTrue(torch.equal(master(ours2, a), master(ours3, b)))
             self.assertTrue(torch.equal(master(ours2, a).to(a.dtype), a))
 
+    def test_deepcopy_and_pickle(self):
+        import pickle
+        params = make_params(torch.bfloat16)
+        opt = CAME(groups(params), lr=1e-2, num_threads=2)
+        train(opt, params, 0, 3)
+        twin = copy.deepcopy({"params": params, "opt": opt})
+        twin_params, twin_opt = twin["params"], twin["opt"]
+        self.assertEqual(twin_opt._num_threads, 2)
+        train(opt, params, 3, 3)
+        train(twin_opt, twin_params, 3, 3)
+        for a, b in zip(params, twin_params):
+            self.assertTrue(torch.equal(a, b))
+            self.assertTrue(torch.equal(master(opt, a), master(twin_opt, b)))
+        again = pickle.loads(pickle.dumps(opt))
+        self.assertEqual(len(again.state), len(opt.state))
+
     def test_bad_state_changes_nothing(self):
         params = make_params()
         ours = CAME(groups(params), lr=1e-2)
