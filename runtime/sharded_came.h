@@ -199,7 +199,7 @@ class ShardedCame {
   // in between when this call is a step. `inputs` is null for an export; `error` is this
   // rank's verdict on its own inputs ("" when valid). Defined in sharded_came_state.cc.
   absl::Status Round(const StepInputs* inputs, const std::string& error, std::span<float> out);
-  absl::Status GatherState(std::span<float> out);
+  absl::Status GatherState(std::span<float> out, bool whole);
   absl::Status CompleteSums(std::span<double> local, int kind, std::span<double> extra,
                             absl::Duration timeout);
 

@@ -68,7 +68,7 @@ absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& err
   if (plan_.world_size == 1) {
     if (!error.empty())
       return absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
-    return exporting ? GatherState(out) : absl::OkStatus();
+    return exporting ? GatherState(out, true) : absl::OkStatus();
   }
   const size_t n = kFixedSlots + kValuesPerGroup * options_.groups.size();
   header_.assign(2 * n, 0.0);
@@ -97,10 +97,11 @@ absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& err
           "the ranks hold the optimizer state of different steps (", Number(min_of(kLastStep)),
           " and ", Number(max_of(kLastStep)), "): load the same state on every rank"));
     if (max_of(kKind) == kExportRound) {
-      if (exporting) return GatherState(out);
-      // Serve another rank's export, then open this step's round again.
-      std::vector<float> scratch(StateLayoutOf(plan_).size);
-      if (absl::Status s = GatherState(scratch); !s.ok()) return s;
+      if (exporting) return GatherState(out, true);
+      // Serve another rank's export (only the factored statistics' sum needs room here),
+      // then open this step's round again.
+      std::vector<float> scratch(StateLayoutOf(plan_).size - 2 * plan_.used_size);
+      if (absl::Status s = GatherState(scratch, false); !s.ok()) return s;
       v[kKind] = kStepRound;
       v[kValid] = error.empty() ? 1 : 0;
       v[kLastStep] = static_cast<double>(last_step_);
@@ -126,10 +127,13 @@ absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& err
   }
 }
 
-// Collects every rank's state into `out` (StateLayoutOf's layout); collective, after a round.
-absl::Status ShardedCame::GatherState(std::span<float> out) {
+// Collects every rank's state; collective, after a round. `whole`: `out` is the whole state
+// (StateLayoutOf's layout); else this rank only serves another's export and `out` holds the
+// factored statistics alone (the layout's tail).
+absl::Status ShardedCame::GatherState(std::span<float> out, bool whole) {
   const StateLayout layout = StateLayoutOf(plan_);
-  if (static_cast<int64_t>(out.size()) != layout.size)
+  const int64_t flat = whole ? 2 * plan_.used_size : 0;  // where the statistics start in out
+  if (static_cast<int64_t>(out.size()) != layout.size - 2 * plan_.used_size + flat)
     return absl::InvalidArgumentError(absl::StrCat("the state buffer holds ", out.size(),
                                                    " floats, the state needs ", layout.size));
   const int64_t chunk = plan_.chunk_size;
@@ -137,31 +141,32 @@ absl::Status ShardedCame::GatherState(std::span<float> out) {
   // exp_avg and exp_avg_sq of this rank's chunk, side by side, then all-gathered.
   std::vector<float> gathered(2 * chunk * w, 0.0f);
   float* mine = gathered.data() + 2 * chunk * rank_;
-  std::fill(out.begin() + 2 * plan_.used_size, out.end(), 0.0f);
+  std::fill(out.begin() + flat, out.end(), 0.0f);
   for (const ShardPiece& piece : plan_.pieces[rank_]) {
     const TensorStateView v = tensor_state(piece.tensor);
     std::copy(v.exp_avg.begin(), v.exp_avg.end(), mine + piece.chunk_offset);
     std::copy(v.exp_avg_sq.begin(), v.exp_avg_sq.end(), mine + chunk + piece.chunk_offset);
     const auto& t = plan_.tensors[piece.tensor];
     if (!t.geom.factored || t.first_rank != rank_) continue;  // one copy of split statistics
-    float* f = out.data() + layout.factored[piece.tensor];
+    float* f = out.data() + flat + (layout.factored[piece.tensor] - 2 * plan_.used_size);
     for (std::span<const float> s :
          {v.exp_avg_sq_row, v.exp_avg_sq_col, v.exp_avg_res_row, v.exp_avg_res_col})
       f = std::copy(s.begin(), s.end(), f);
   }
   if (w > 1) {
     const int64_t stats = layout.size - 2 * plan_.used_size;
+    // Every rank's exp_avg and exp_avg_sq chunks reach every rank (there is no gather to one).
     absl::Status s = comm_->AllGather(mine, gathered.data(), 2 * chunk, comm::ElemType::kFloat32,
                                       options_.collective_timeout);
     if (s.ok() && stats > 0)
-      s = comm_->AllReduce(out.data() + 2 * plan_.used_size, stats, comm::ElemType::kFloat32,
+      s = comm_->AllReduce(out.data() + flat, stats, comm::ElemType::kFloat32,
                            comm::ReduceOp::kSum, options_.collective_timeout);
     if (!s.ok()) {
       broken_ = true;
       return s;
     }
   }
-  for (int64_t i = 0; i < plan_.used_size; ++i) {
+  for (int64_t i = 0; whole && i < plan_.used_size; ++i) {
     const float* block = gathered.data() + 2 * chunk * (i / chunk);
     out[layout.exp_avg + i] = block[i % chunk];
     out[layout.exp_avg_sq + i] = block[chunk + i % chunk];
