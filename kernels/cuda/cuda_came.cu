@@ -35,39 +35,11 @@ class DeviceScope {
   bool switched_ = false;
 };
 
-bool Aligned(const void* p, int64_t begin, size_t elem_size) {
-  if (p == nullptr) return true;
-  const uintptr_t base = reinterpret_cast<uintptr_t>(p) - static_cast<uintptr_t>(begin) * elem_size;
-  return base % 16 == 0;
-}
-
 unsigned Blocks(int64_t threads) {
   return static_cast<unsigned>((threads + kBlockThreads - 1) / kBlockThreads);
 }
 
 }  // namespace
-
-SlicePointers PointersOf(const TensorSlice& s) {
-  SlicePointers p;
-  p.grad = s.grad;
-  p.master = s.master;
-  p.param = s.param;
-  p.param_dtype = s.param == nullptr ? kNoParamCopy : static_cast<int32_t>(s.param_dtype);
-  p.exp_avg = s.exp_avg;
-  p.exp_avg_sq = s.exp_avg_sq;
-  p.exp_avg_sq_row = s.exp_avg_sq_row;
-  p.exp_avg_sq_col = s.exp_avg_sq_col;
-  p.exp_avg_res_row = s.exp_avg_res_row;
-  p.exp_avg_res_col = s.exp_avg_res_col;
-  const size_t gsize = DTypeSize(s.grad_dtype);
-  const int v = VectorWidth(static_cast<int>(gsize));
-  bool ok = Aligned(s.grad, s.begin, gsize) && Aligned(s.master, s.begin, 4) &&
-            Aligned(s.exp_avg, s.begin, 4) && Aligned(s.exp_avg_sq, s.begin, 4) &&
-            Aligned(s.param, s.begin, DTypeSize(s.param_dtype));
-  if (s.geom.factored && s.geom.m % v != 0) ok = false;
-  p.vec = ok ? 1 : 0;
-  return p;
-}
 
 CudaCame::CudaCame(Layout layout, int device) : layout_(std::move(layout)), device_(device) {}
 

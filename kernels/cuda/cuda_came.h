@@ -51,11 +51,6 @@ struct CudaError {
   bool ok() const { return code == kOk; }
 };
 
-// Returns the device pointer table entry of a slice's buffers, with the 16-byte flag set when
-// every buffer of the slice is 16-byte aligned at tensor element 0 and (factored) its rows
-// hold a whole number of vectors.
-SlicePointers PointersOf(const TensorSlice& s);
-
 class CudaCame {
  public:
   // Prepares the phases for these slices (valid as CpuCame requires) on `device`: builds and

@@ -3,8 +3,22 @@
 #include <algorithm>
 
 #include "kernels/cpu_came.h"
+#include "kernels/dtype.h"
 
 namespace came::cuda {
+namespace {
+
+// Returns whether tensor element 0 of a buffer whose element `begin` is at `p` is 16-byte
+// aligned (a null buffer is).
+bool Aligned(const void* p, int64_t begin, size_t elem_size) {
+  if (p == nullptr) return true;
+  const uintptr_t base =
+      reinterpret_cast<uintptr_t>(p) - static_cast<uintptr_t>(begin) * elem_size;
+  return base % 16 == 0;
+}
+
+}  // namespace
+
 
 Layout BuildLayout(std::span<const TensorSlice> slices) {
   Layout l;
@@ -53,6 +67,28 @@ Layout BuildLayout(std::span<const TensorSlice> slices) {
     l.slices.push_back(s);
   }
   return l;
+}
+
+SlicePointers PointersOf(const TensorSlice& s) {
+  SlicePointers p;
+  p.grad = s.grad;
+  p.master = s.master;
+  p.param = s.param;
+  p.param_dtype = s.param == nullptr ? kNoParamCopy : static_cast<int32_t>(s.param_dtype);
+  p.exp_avg = s.exp_avg;
+  p.exp_avg_sq = s.exp_avg_sq;
+  p.exp_avg_sq_row = s.exp_avg_sq_row;
+  p.exp_avg_sq_col = s.exp_avg_sq_col;
+  p.exp_avg_res_row = s.exp_avg_res_row;
+  p.exp_avg_res_col = s.exp_avg_res_col;
+  const size_t gsize = DTypeSize(s.grad_dtype);
+  const int v = VectorWidth(static_cast<int>(gsize));
+  bool ok = Aligned(s.grad, s.begin, gsize) && Aligned(s.master, s.begin, 4) &&
+            Aligned(s.exp_avg, s.begin, 4) && Aligned(s.exp_avg_sq, s.begin, 4) &&
+            Aligned(s.param, s.begin, DTypeSize(s.param_dtype));
+  if (s.geom.factored && s.geom.m % v != 0) ok = false;
+  p.vec = ok ? 1 : 0;
+  return p;
 }
 
 }  // namespace came::cuda

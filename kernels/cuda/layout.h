@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kernels/came_math.h"
+#include "kernels/cuda/device_types.h"
 
 namespace came {
 struct TensorSlice;
@@ -88,6 +89,11 @@ struct Layout {
 // Returns the chunk table, statistic offsets and workspace sizes for these slices (valid as
 // CpuCame requires: begin <= end <= numel). Pointers are not looked at.
 Layout BuildLayout(std::span<const TensorSlice> slices);
+
+// Returns the device pointer table entry of a slice's buffers, with the 16-byte flag set when
+// every buffer of the slice is 16-byte aligned at tensor element 0 and (factored) its rows
+// hold a whole number of vectors.
+SlicePointers PointersOf(const TensorSlice& s);
 
 CAME_HD int64_t MinI(int64_t a, int64_t b) { return a < b ? a : b; }
 CAME_HD int64_t MaxI(int64_t a, int64_t b) { return a > b ? a : b; }

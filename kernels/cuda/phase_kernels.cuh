@@ -1,10 +1,14 @@
 // The CUDA kernels of the fused CAME step (Note [Phases] in kernels/cpu_came.h; Note [CUDA
 // chunks] in layout.h). Each phase kernel runs one block per chunk of the chunk table for all
 // slices at once; the arithmetic is came_math.h's, as in the CPU loops (cpu_loops.inc); only
-// the loads, stores and reductions differ. Included by cuda_came.cu only.
+// the loads, stores and reductions differ. Included by cuda_came.cu, and by a host emulation
+// of the few CUDA features it uses (tests/kernels/cuda_emulation.h) that runs these kernels on
+// the CPU in tests.
 #pragma once
 
+#if defined(__CUDACC__)
 #include <cuda_runtime.h>
+#endif
 
 #include "kernels/came_math.h"
 #include "kernels/cuda/device_types.h"
