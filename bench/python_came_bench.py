@@ -17,7 +17,10 @@ medians, and the median of the paired ratios) are printed too, but on a loaded m
 noise is far above the overhead. Every figure is a median of --repeats steps after --warmup.
 
   PYTHONPATH=clients/python:build/python:build/pydeps /usr/bin/python3 \\
-      bench/python_came_bench.py --threads 2
+      bench/python_came_bench.py --threads 2            # or --device cuda
+On CUDA every step is timed to completion (synchronize, step, synchronize); the binding
+overhead is still the host's time in came.CAME.step() outside the library call, which
+queues the step and returns.
 """
 
 import argparse
@@ -48,8 +51,10 @@ def gpt2_shapes(vocab=50257, context=1024, d=768, blocks=12):
 class RawAbi:
     """The C++ step through the C ABI with everything prepared once."""
 
-    def __init__(self, params, threads, lr):
-        self.lib = _lib.load()
+    def __init__(self, params, threads, lr, device):
+        cuda = device.type == "cuda"
+        self.lib = _lib.load(cuda=cuda)
+        self.stream = torch.cuda.current_stream(device).cuda_stream if cuda else None
         descs, flat = [], []
         self.state = []
         for p in params:
@@ -62,8 +67,10 @@ class RawAbi:
             st = {"exp_avg": torch.zeros_like(p)}
             if p.dim() >= 2:
                 row, col = p.shape[:-1], p.shape[:-2] + p.shape[-1:]
-                st.update(sq_row=torch.zeros(row), sq_col=torch.zeros(col),
-                          res_row=torch.zeros(row), res_col=torch.zeros(col))
+                st.update(sq_row=torch.zeros(row, device=device),
+                          sq_col=torch.zeros(col, device=device),
+                          res_row=torch.zeros(row, device=device),
+                          res_col=torch.zeros(col, device=device))
                 rest = [0, st["exp_avg"].data_ptr(), 0] + [
                     st[k].data_ptr() for k in ("sq_row", "sq_col", "res_row", "res_col")]
             else:
@@ -71,7 +78,7 @@ class RawAbi:
                 rest = [0, st["exp_avg"].data_ptr(), st["sq"].data_ptr(), 0, 0, 0, 0]
             self.state.append(st)
             flat += [p.data_ptr(), p.grad.data_ptr()] + rest
-        self.handle = self.lib.create(-1, descs, threads)
+        self.handle = self.lib.create(device.index if cuda else -1, descs, threads)
         weakref.finalize(self, self.lib.lib.came_optimizer_destroy, self.handle)
         self.ptrs = array.array("q", flat)
         self.hyper = array.array("d", [lr, 0.9, 0.999, 0.9999, 1e-30, 1e-16, 1.0, 0.0])
@@ -80,7 +87,7 @@ class RawAbi:
         self.hyper_addr = self.hyper.buffer_info()[0]
 
     def step(self):
-        code = self.call(self.handle, self.ptrs_addr, self.hyper_addr, 1, None, None)
+        code = self.call(self.handle, self.ptrs_addr, self.hyper_addr, 1, self.stream, None)
         if code != _lib.OK:
             self.lib.raise_for(code, "step")
 
@@ -107,6 +114,8 @@ def main():
     ap.add_argument("--baseline-repeats", type=int, default=5,
                     help="rounds of came.CAME, came_pytorch and AdamW steps (slow)")
     ap.add_argument("--blocks", type=int, default=12, help="transformer blocks (12: GPT-2 small)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (steps are then timed "
+                    "to completion: synchronize, step, synchronize)")
     args = ap.parse_args()
     if args.threads < 1 or args.repeats < 1 or args.baseline_repeats < 1:
         print("python_came_bench: --threads and the repeats must be >= 1", file=sys.stderr)
@@ -120,25 +129,52 @@ def main():
               file=sys.stderr)
         return 2
 
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("python_came_bench: --device %s but no CUDA device is present" % args.device,
+                  file=sys.stderr)
+            return 2
+        device = torch.device("cuda", device.index if device.index is not None
+                              else torch.cuda.current_device())
+    elif device.type != "cpu":
+        print("python_came_bench: --device must be cpu or cuda[:N], got %s" % args.device,
+              file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+
+    def clock(f):
+        """Returns the seconds f() takes; on CUDA until its work on the device is done."""
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        f()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
     lr = 1e-4
     gen = torch.Generator().manual_seed(0)
     shapes = gpt2_shapes(blocks=args.blocks)
     params = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02)
-        p.grad = torch.randn(s, generator=gen) * 1e-3
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device)
         params.append(p)
     numel = sum(p.numel() for p in params)
-    print("python_came_bench: %d tensors, %d parameters, %d threads, %s" % (
-        len(params), numel, args.threads, datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")))
-    print("  host %s, %s, load average %s" % (platform.node(), _lib.load().build_info,
-                                             " ".join("%.2f" % x for x in os.getloadavg())))
+    lib = _lib.load(cuda=cuda)
+    print("python_came_bench: %d tensors, %d parameters, %s, %d threads, %s" % (
+        len(params), numel, device, args.threads,
+        datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")))
+    print("  host %s, %s, torch %s, load average %s" % (
+        platform.node(), lib.build_info, torch.__version__,
+        " ".join("%.2f" % x for x in os.getloadavg())))
 
-    raw = RawAbi(params, args.threads, lr)
+    raw = RawAbi(params, args.threads, lr, device)
     opt = CAME(params, lr=lr, num_threads=args.threads)
     opt.step()  # creates the state and the library's optimizer
-    timed = TimedCalls(_lib.load())
-    _lib.load().lib.came_optimizer_step = timed
+    timed = TimedCalls(lib)
+    lib.lib.came_optimizer_step = timed
 
     for _ in range(args.warmup):
         raw.step()
@@ -147,16 +183,21 @@ def main():
     for k in range(args.repeats):
         # Pairs in alternating order, so drift in the machine's load favours neither.
         for which in ((0, 1) if k % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
             if which == 0:
-                raw.step()
-                raw_times.append(time.perf_counter() - t0)
+                raw_times.append(clock(raw.step))
             else:
+                # The host's time in step() (t1 - t0) less the library call's is the binding.
                 inside_before = timed.seconds
+                if cuda:
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
                 opt.step()
+                t1 = time.perf_counter()
+                if cuda:
+                    torch.cuda.synchronize(device)
                 came_times.append(time.perf_counter() - t0)
-                outside.append(came_times[-1] - (timed.seconds - inside_before))
-    _lib.load().lib.came_optimizer_step = timed.inner
+                outside.append((t1 - t0) - (timed.seconds - inside_before))
+    lib.lib.came_optimizer_step = timed.inner
     t_raw = statistics.median(raw_times)
     t_came = statistics.median(came_times)
     t_out = statistics.median(outside)
@@ -177,9 +218,7 @@ def main():
     rounds = {name: [] for name, _ in contenders}
     for k in range(args.baseline_repeats):
         for name, f in contenders[k % 3:] + contenders[:k % 3]:
-            t0 = time.perf_counter()
-            f()
-            rounds[name].append(time.perf_counter() - t0)
+            rounds[name].append(clock(f))
     speedup = {name: statistics.median(b / c for b, c in zip(rounds[name], rounds["came.CAME"]))
                for name in ("came_pytorch", "adamw")}
 
