@@ -83,27 +83,33 @@ base() {
   fi
   echo "$tag"
 }
-docker_dir="$src/deploy/docker"
+# One snapshot of the sources for the bases and the builds (without what .dockerignore
+# leaves out): the second build reuses the first's build stage whatever changes meanwhile.
+context="$run/context"
+mkdir -p "$context"
+tar -C "$src" --exclude=./build --exclude='./build-*' --exclude=./out --exclude=./.git -cf - . \
+  | tar -C "$context" -xf -
+docker_dir="$context/deploy/docker"
 build_base="$(base build "$docker_dir/packages-build.txt")"
 runtime_base="$(base runtime "$docker_dir/packages-runtime.txt")"
 trainer_base="$(base trainer "$docker_dir/packages-runtime.txt" "$docker_dir/packages-trainer.txt")"
 prometheus_base="$(base prometheus "$docker_dir/packages-prometheus.txt")"
 
-for target in runtime trainer; do  # the second build reuses the first's build stage
+for target in runtime trainer; do
   phase "podman build localhost/came-$target:cpu (Dockerfile.cpu, target $target)"
   podman build -f "$docker_dir/Dockerfile.cpu" --target "$target" \
     --build-arg BUILD_BASE="$build_base" --build-arg RUNTIME_BASE="$runtime_base" \
     --build-arg TRAINER_BASE="$trainer_base" --build-arg JOBS="$(nproc)" \
-    -t "localhost/came-$target:cpu" "$src" > "$run/build-$target.log" 2>&1 \
+    -t "localhost/came-$target:cpu" "$context" > "$run/build-$target.log" 2>&1 \
     || { echo "image build failed:"; tail -40 "$run/build-$target.log"; exit 1; }
 done
 phase "podman build localhost/came-prometheus:latest (Dockerfile.prometheus)"
 podman build -f "$docker_dir/Dockerfile.prometheus" --build-arg BASE="$prometheus_base" \
-  -t localhost/came-prometheus:latest "$src" > "$run/build-prometheus.log" 2>&1 \
+  -t localhost/came-prometheus:latest "$context" > "$run/build-prometheus.log" 2>&1 \
   || { echo "image build failed:"; tail -20 "$run/build-prometheus.log"; exit 1; }
 podman image prune -f > /dev/null  # the untagged build stages
 for image in localhost/came-runtime:cpu localhost/came-trainer:cpu localhost/came-prometheus:latest; do
-  phase "image $image: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=iec) bytes"
+  phase "image $image: $(podman image inspect --format '{{.Size}}' "$image" | numfmt --to=iec)"
 done
 
 # -- the cpu profile ---------------------------------------------------------------------------
