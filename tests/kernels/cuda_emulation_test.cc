@@ -176,8 +176,9 @@ void Expect(const std::vector<float>& got, const std::vector<float>& want, doubl
 }
 
 // Runs the emulated kernels and CpuCame side by side for `steps` steps and compares.
+// `hard`: each row scaled by 10^k, k uniform in [-15, 15], and row 0 of every matrix zero.
 void RunBoth(const std::vector<Spec>& specs, int steps, const StepOptions& options,
-             int expect_vectorised, int nan_step = -1) {
+             int expect_vectorised, int nan_step = -1, bool hard = false) {
   std::mt19937_64 rng(17);
   std::vector<Buffers> cpu_b, emu_b;
   for (const Spec& sp : specs) {
@@ -201,11 +202,17 @@ void RunBoth(const std::vector<Spec>& specs, int steps, const StepOptions& optio
   h1.clip_threshold = 0.5;
   const std::vector<CameHyper> groups = {h0, h1};
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> exponent(-15, 15);
   for (int k = 0; k < steps; ++k) {
     for (size_t t = 0; t < specs.size(); ++t) {
-      const int64_t numel = TensorGeometry::FromShape(specs[t].shape).numel;
-      for (int64_t i = 0; i < numel; ++i)
-        StoreFromFloat(cpu_b[t].grad.data(), specs[t].grad_dtype, i, normal(rng));
+      const TensorGeometry geom = TensorGeometry::FromShape(specs[t].shape);
+      float scale = 1.0f;
+      for (int64_t i = 0; i < geom.numel; ++i) {
+        if (hard && i % geom.m == 0) scale = std::pow(10.0f, static_cast<float>(exponent(rng)));
+        const bool zero = hard && geom.factored && (i % (geom.n * geom.m)) / geom.m == 0;
+        StoreFromFloat(cpu_b[t].grad.data(), specs[t].grad_dtype, i,
+                       zero ? 0.0f : normal(rng) * scale);
+      }
       if (k == nan_step && t == 0)
         StoreFromFloat(cpu_b[t].grad.data(), specs[t].grad_dtype, cpu_s[t].begin,
                        std::numeric_limits<float>::quiet_NaN());
@@ -272,6 +279,12 @@ TEST(CudaEmulationTest, SlicesThatStartAndEndMidRow) {
                                    {{130, 8}, DType::kFloat16, DType::kFloat16, 3, 1037},
                                    {{70000}, DType::kFloat32, DType::kBFloat16, 65530, 65541}};
   RunBoth(specs, 2, StepOptions{}, 3);
+}
+
+TEST(CudaEmulationTest, HugeDynamicRangeAndZeroRowsMatchCpu) {
+  RunBoth({{{3, 300}, DType::kFloat32, DType::kFloat32}, {{130, 8}, DType::kFloat32, DType::kBFloat16},
+           {{2, 3, 5}, DType::kFloat32, DType::kFloat32}},
+          3, StepOptions{}, 2, /*nan_step=*/-1, /*hard=*/true);
 }
 
 TEST(CudaEmulationTest, NonFiniteGradientSkipsEverything) {
