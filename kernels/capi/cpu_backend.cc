@@ -9,50 +9,12 @@
 
 #include "kernels/came_math.h"
 #include "kernels/capi/backend.h"
+#include "kernels/capi/tensor_slices.h"
 #include "kernels/cpu_came.h"
-#include "kernels/dtype.h"
-#include "kernels/geometry.h"
 #include "kernels/thread_pool.h"
 
 namespace came::capi {
 namespace {
-
-// Returns the pointer members of a TensorSlice for these (validated) buffers: a float32
-// parameter is its own master, a 16-bit one is refreshed from the master.
-TensorSlice Buffers(const came_tensor_desc& d, const came_tensor_ptrs& p) {
-  TensorSlice s;
-  s.grad = p.grad;
-  if (d.param_dtype == CAME_FLOAT32) {
-    s.master = static_cast<float*>(p.param);
-  } else {
-    s.master = p.master;
-    s.param = p.param;
-  }
-  s.exp_avg = p.exp_avg;
-  s.exp_avg_sq = p.exp_avg_sq;
-  s.exp_avg_sq_row = p.exp_avg_sq_row;
-  s.exp_avg_sq_col = p.exp_avg_sq_col;
-  s.exp_avg_res_row = p.exp_avg_res_row;
-  s.exp_avg_res_col = p.exp_avg_res_col;
-  return s;
-}
-
-// Returns one whole-tensor slice per descriptor, with no buffers bound yet.
-std::vector<TensorSlice> Slices(std::span<const came_tensor_desc> tensors) {
-  std::vector<TensorSlice> slices;
-  slices.reserve(tensors.size());
-  for (const came_tensor_desc& d : tensors) {
-    TensorSlice s;
-    s.geom = TensorGeometry::FromShape({d.shape, static_cast<size_t>(d.ndim)});
-    s.begin = 0;
-    s.end = s.geom.numel;
-    s.group = d.group;
-    s.grad_dtype = static_cast<DType>(d.grad_dtype);
-    s.param_dtype = static_cast<DType>(d.param_dtype);
-    slices.push_back(s);
-  }
-  return slices;
-}
 
 // Returns 1 + the largest group index (at least 1).
 size_t NumGroups(std::span<const came_tensor_desc> tensors) {
@@ -69,7 +31,7 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(std::span<const came_tensor_desc> tensors, int num_threads)
       : descs_(tensors.begin(), tensors.end()),
-        cpu_(Slices(tensors), num_threads > 0 ? num_threads : HardwareThreads()),
+        cpu_(WholeTensorSlices(tensors), num_threads > 0 ? num_threads : HardwareThreads()),
         stepper_(cpu_),
         bound_(tensors.size()),
         hyper_(NumGroups(tensors)) {}
@@ -78,7 +40,9 @@ class CpuBackend final : public Backend {
              void* /*stream*/, came_step_result* result) override {
     for (size_t i = 0; i < ptrs.size(); ++i) {
       if (SamePtrs(bound_[i], ptrs[i])) continue;
-      cpu_.RebindBuffers(static_cast<int>(i), Buffers(descs_[i], ptrs[i]));
+      TensorSlice buffers;
+      BindBuffers(descs_[i], ptrs[i], buffers);
+      cpu_.RebindBuffers(static_cast<int>(i), buffers);
       bound_[i] = ptrs[i];
     }
     const size_t used = std::min(hyper_.size(), groups.size());
