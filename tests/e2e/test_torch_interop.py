@@ -1,5 +1,5 @@
 """torch interop of came.ShardedCAME through real came-rankd processes (came-launch):
-state_dict round trips with came_pytorch.CAME both ways and across world sizes, OneCycleLR's
+state_dict round trips with came_pytorch.CAME and came.CAME both ways and across world sizes, OneCycleLR's
 cycled betas, and the refusals (eps = 0, ranks disagreeing, a state dict without state).
 
 The trainer is interop_trainer.py; the reference is came_pytorch.CAME 0.1.3 (build/pydeps)
@@ -120,6 +120,34 @@ class TorchInteropTest(unittest.TestCase):
         launch(3, "import", "--out", self.out, "--state", path, "--steps", 6)
         expected, _ = reference(3, 4, 6, exported["params"], exported["state_dict"])
         self.assertParamsClose(torch.load(os.path.join(self.out, "final.pt")), expected)
+
+    def test_came_CAME_state_dicts_move_both_ways(self):
+        import came
+        model = common.make_model()
+        opt = came.CAME(common.plain_groups(model), lr=common.LR)
+        for step in range(1, 4):
+            for i, p in enumerate(common.ordered_params(model)):
+                p.grad = common.mean_gradient(1, step, p, i)
+            opt.step()
+        params = [p.detach().clone() for p in common.ordered_params(model)]
+        path = os.path.join(self.out, "came_CAME.pt")
+        torch.save({"state_dict": opt.state_dict(), "params": params}, path)
+        launch(2, "import", "--out", self.out, "--state", path, "--steps", 6)
+        expected, _ = reference(2, 4, 6, params, opt.state_dict())
+        self.assertParamsClose(torch.load(os.path.join(self.out, "final.pt")), expected)
+        # And ShardedCAME's state dict continues in came.CAME.
+        exported, final = self.export()
+        model = common.make_model()
+        with torch.no_grad():
+            for p, value in zip(common.ordered_params(model), exported["params"]):
+                p.copy_(value)
+        opt = came.CAME(common.plain_groups(model), lr=common.LR)
+        opt.load_state_dict(exported["state_dict"])
+        for step in range(4, 7):
+            for i, p in enumerate(common.ordered_params(model)):
+                p.grad = common.mean_gradient(2, step, p, i)
+            opt.step()
+        self.assertParamsClose([p.detach() for p in common.ordered_params(model)], final)
 
     def test_one_cycle_lr_cycles_betas_through_rankd(self):
         launch(2, "onecycle", "--out", self.out, "--steps", 8)
