@@ -25,7 +25,6 @@ queues the step and returns.
 
 import argparse
 import array
-import ctypes
 import datetime
 import os
 import platform

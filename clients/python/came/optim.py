@@ -12,7 +12,6 @@ _DTYPES = {torch.float32: _lib.FLOAT32, torch.bfloat16: _lib.BFLOAT16,
            torch.float16: _lib.FLOAT16}
 
 _DEVICE_TYPES = ("cpu", "cuda")
-_FACTORED_KEYS = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_res_row", "exp_avg_res_col")
 # The fp32 copy of a bfloat16/float16 parameter (came-pytorch keeps none and updates the
 # 16-bit parameter directly).
 MASTER_KEY = "master_param"
@@ -185,8 +184,8 @@ class CAME(torch.optim.Optimizer):
         then rounded into the parameter; came_pytorch updates 16-bit parameters directly
         (most small updates round away). Loading a state without a master starts it from the
         parameter; one that no longer rounds to the parameter (the parameter was trained or
-        loaded elsewhere) is refreshed from it at the next step. Write a 16-bit parameter in
-        place between steps only through load_state_dict;
+        loaded elsewhere) is refreshed from it at the next step. A 16-bit parameter written
+        between steps otherwise is overwritten from the master at the next step;
       * a step whose gradients (of one device) hold a NaN or an infinity is skipped: the
         parameters and state tensors of that device stay unchanged (came_pytorch would write
         NaNs; the "step" counter still counts the call, as the CUDA step cannot tell without
@@ -254,8 +253,8 @@ class CAME(torch.optim.Optimizer):
     # Stepping
 
     def _collect(self):
-        """Returns ({device: [(param, grad, group index, layout entry)]}, hyper) of this step
-        after checking every parameter and group; raises before anything changes."""
+        """Returns ({device: [(param, grad, group index)]}, hyper) of this step after
+        checking every parameter and group; raises before anything changes."""
         per_device = {}
         hypers = []
         lib = _lib.load()
