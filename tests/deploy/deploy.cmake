@@ -66,3 +66,10 @@ if(CAME_DOCKER_COMPOSE AND CAME_PODMAN AND CAME_MMDEBSTRAP)
   # Alone: the image build compiles the binaries on every core.
   set_tests_properties(compose_test PROPERTIES LABELS "compose" TIMEOUT 2700 RUN_SERIAL TRUE)
 endif()
+
+# The flags the compose file and the Kubernetes manifests pass exist in the binaries.
+if(TARGET came-coordinator AND TARGET came-rankd)
+  add_test(NAME deploy_flags
+           COMMAND /usr/bin/python3 ${_here}/deploy_flags_test.py ${_bin} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(deploy_flags PROPERTIES LABELS "deploy")
+endif()
