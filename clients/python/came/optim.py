@@ -16,6 +16,18 @@ _DEVICE_TYPES = ("cpu", "cuda")
 # 16-bit parameter directly).
 MASTER_KEY = "master_param"
 
+# Note [Masters]
+# The kernels update a 16-bit parameter's fp32 master and round it into the parameter. A
+# master is only right while nobody else wrote the parameter, so before each step it is
+# restarted from the parameter (losing nothing the parameter holds) when
+#   * the parameter's version counter or buffer changed since our last step on it (the
+#     kernels write through a pointer and bump neither): model.load_state_dict, an in-place
+#     copy under no_grad, `p.data = ...`. (`p.data.copy_(...)` bumps no counter and is not
+#     seen: write parameters the ordinary way.)
+#   * there was no step of ours since the state was loaded (load_state_dict, unpickling) and
+#     the master no longer rounds to the parameter: came_pytorch trained it meanwhile, or the
+#     model was loaded after the optimizer. One comparison per tensor, once.
+
 
 def _state_shapes(shape):
     """Returns {state key: shape} of a parameter of this shape (came-pytorch's layout)."""
@@ -184,8 +196,8 @@ class CAME(torch.optim.Optimizer):
         then rounded into the parameter; came_pytorch updates 16-bit parameters directly
         (most small updates round away). Loading a state without a master starts it from the
         parameter; one that no longer rounds to the parameter (the parameter was trained or
-        loaded elsewhere) is refreshed from it at the next step. A 16-bit parameter written
-        between steps otherwise is overwritten from the master at the next step;
+        loaded elsewhere) is refreshed from it at the next step, and so is one whose parameter
+        was written since the last step (model.load_state_dict; Note [Masters]);
       * a step whose gradients (of one device) hold a NaN or an infinity is skipped: the
         parameters and state tensors of that device stay unchanged (came_pytorch would write
         NaNs; the "step" counter still counts the call, as the CUDA step cannot tell without
@@ -203,7 +215,7 @@ class CAME(torch.optim.Optimizer):
             raise ValueError("came.CAME: num_threads must be >= 1, got %r" % (num_threads,))
         self._num_threads = None if num_threads is None else int(num_threads)
         self._runners = {}
-        self._verify_masters = False
+        self._marks = {}
         defaults = dict(lr=lr, eps=tuple(eps), clip_threshold=clip_threshold,
                         betas=tuple(betas), weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -219,7 +231,7 @@ class CAME(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_num_threads", None)
         self._runners = {}
-        self._verify_masters = True
+        self._marks = {}
 
     @property
     def supports_memory_efficient_fp16(self):
@@ -327,18 +339,22 @@ class CAME(torch.optim.Optimizer):
                     if "exp_avg" not in st:
                         self._init_state(p)
                         created.append(p)
-                    elif MASTER_KEY not in st and p.dtype != torch.float32:
-                        st[MASTER_KEY] = p.detach().float().contiguous()  # a loaded state
-                        created.append(st)
+                    elif p.dtype != torch.float32:
+                        if MASTER_KEY not in st:
+                            st[MASTER_KEY] = p.detach().float().contiguous()  # a loaded state
+                            created.append(st)
+                        else:
+                            self._sync_master(p, st[MASTER_KEY])
                     states.append(st)
-                if self._verify_masters:
-                    self._refresh_stale_masters()
                 runner = self._runner(device, items)
                 stream = None
                 if device.type == "cuda":
                     stream = torch.cuda.current_stream(device).cuda_stream
                 runner.step(items, states, hyper, stream, want_result=device.type == "cpu")
                 stepped.append(states)
+                for p, _, _ in items:
+                    if p.dtype != torch.float32:
+                        self._marks[p] = (p._version, p.data_ptr())
         except BaseException:
             for c in created:  # the failed device's new state; stepped devices keep theirs
                 if isinstance(c, dict):
@@ -352,14 +368,17 @@ class CAME(torch.optim.Optimizer):
                     st["step"] += 1
         return loss
 
-    def _refresh_stale_masters(self):
-        """Restarts every fp32 master that no longer rounds to its 16-bit parameter."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                master = self.state.get(p, {}).get(MASTER_KEY)
-                if master is not None and not torch.equal(master.to(p.dtype), p.detach()):
-                    master.copy_(p.detach().float())
-        self._verify_masters = False
+    def _sync_master(self, p, master):
+        """Restarts a 16-bit parameter's fp32 master from the parameter when the parameter was
+        written since this optimizer's last step on it: its version counter or buffer moved
+        (model.load_state_dict, an in-place copy, p.data = ...), or, with no step of ours
+        since the state was loaded, the master no longer rounds to it (Note [Masters])."""
+        mark = self._marks.get(p)
+        if mark is None:
+            if not torch.equal(master.to(p.dtype), p.detach()):
+                master.copy_(p.detach())
+        elif mark != (p._version, p.data_ptr()):
+            master.copy_(p.detach())
 
     def last_step_result(self):
         """Returns {device: (skipped, grad_norm)} of the last step on each device: skipped is
@@ -393,7 +412,6 @@ class CAME(torch.optim.Optimizer):
             self.state.pop(p, None)
             if p in imported:
                 self.state[p] = imported[p]
-        self._verify_masters = True
 
     @staticmethod
     def _import_state(p, saved, gi):

@@ -146,6 +146,39 @@ class StateDictRoundTrip(Case):
             self.assertTrue(torch.equal(master(ours2, a), master(ours3, b)))
             self.assertTrue(torch.equal(master(ours2, a).to(a.dtype), a))
 
+    def test_master_follows_parameters_written_between_steps(self):
+        params = make_params(torch.bfloat16)
+        opt = CAME(groups(params), lr=1e-2)
+        train(opt, params, 0, 3)
+        # Untouched: the master keeps what the 16-bit parameter cannot hold.
+        kept = master(opt, params[0]).clone()
+        self.assertFalse(torch.equal(kept, params[0].detach().float()))
+        # Written the way model.load_state_dict writes (an in-place copy under no_grad), and
+        # replaced through .data: both masters restart from the new values.
+        new0 = (torch.randn(params[0].shape) * 3).bfloat16()
+        with torch.no_grad():
+            params[0].copy_(new0)
+        params[2].data = (torch.randn(params[2].shape) * 3).bfloat16()
+        new2 = params[2].detach().clone()
+        expect = make_params(torch.bfloat16)
+        for e, p in zip(expect, params):
+            e.data = p.detach().clone()
+        ref = CAME(groups(expect), lr=1e-2)
+        ref.load_state_dict(opt.state_dict())  # masters of 0 and 2 stale: refreshed there too
+        set_grads(params, 3)
+        set_grads(expect, 3)
+        opt.step()
+        ref.step()
+        for i, (a, b) in enumerate(zip(params, expect)):
+            self.assertTrue(torch.equal(a, b), i)
+        # One step from the written values (3 * randn), not from the stale masters (0.5 *
+        # randn, about 3 away).
+        for p, new in ((params[0], new0), (params[2], new2)):
+            self.assertFalse(torch.equal(p, new))
+            self.assertLess((p.float() - new.float()).abs().max().item(), 1.0)
+        # Parameter 1 was not written: its master went on from the kept value (not restarted).
+        self.assertTrue(torch.equal(master(opt, params[1]), master(ref, expect[1])))
+
     def test_deepcopy_and_pickle(self):
         import pickle
         params = make_params(torch.bfloat16)
