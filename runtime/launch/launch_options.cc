@@ -117,9 +117,7 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
     } else if (flag == "--grace-period") {
       status = ParseInt(flag, value, 1, 1 << 20, &options.grace_period_seconds);
     } else if (flag == "--lease-seconds") {
-      int lease = 0;
-      status = ParseInt(flag, value, 1, 3600, &lease);
-      options.lease_seconds = lease;
+      status = ParseInt(flag, value, 1, 3600, &options.lease_seconds);
     } else if (flag == "--backend") {
       if (value != "gloo" && value != "nccl") {
         status = absl::InvalidArgumentError(

@@ -34,7 +34,7 @@ struct LaunchOptions {
   int keep_checkpoints = 0;          // --keep-checkpoints K: keep the newest K (0: all)
   int grace_period_seconds = 30;     // --grace-period S: after SIGTERM, time to checkpoint
                                      // and exit before the job is killed
-  double lease_seconds = 0;          // --lease-seconds S for the coordinator; 0: its default
+  int lease_seconds = 0;             // --lease-seconds S for the coordinator; 0: its default
   // Several machines (Note [Multi-node jobs] in launcher.h).
   int nnodes = 1;                    // --nnodes N
   int node_rank = 0;                 // --node-rank R, 0 .. N-1

@@ -109,7 +109,7 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   return token;
 }
 
-// Checks that `rest` of a "listening on" line is 127.0.0.1:PORT and returns it.
+// Checks that `rest` of a "listening on" line is HOST:PORT and returns it.
 absl::StatusOr<std::string> ParseAddress(absl::string_view who, absl::string_view rest) {
   rest = absl::StripAsciiWhitespace(rest);
   const size_t colon = rest.rfind(':');
