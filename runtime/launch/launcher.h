@@ -32,9 +32,11 @@
 // connecting Gloo on --node-address, and their P trainers. The token comes from
 // --token-file, the same file everywhere. Ranks retry Join until the coordinator of their
 // generation answers, so nodes may start in any order. A failure on one node ends the job
-// everywhere: the node's launcher stops its processes, the other ranks' collectives with
-// them fail at once (or, if idle, their leases tell the coordinator), and each launcher
-// reports the failure with its node and the rank. With --max-restarts every node restarts
+// everywhere: the node's launcher stops its processes and the other ranks' next collective
+// with them fails at once (the Gloo connections close); a node that dies outright (its
+// launcher SIGKILLed: the guard takes its processes) also loses its ranks' leases, which
+// fails the job at the coordinator within a lease. Each launcher reports the failure with
+// its node and the rank. With --max-restarts every node restarts
 // on its own, as attempt k + 1: node 0's new coordinator listens on the same HOST:PORT and
 // admits only ranks of generation k + 1. Limits: every node must see every failure (a node
 // whose trainers all finished does not restart), and a restart needs node 0 alive.
