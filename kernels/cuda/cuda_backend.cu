@@ -12,11 +12,10 @@
 
 #include "kernels/came_math.h"
 #include "kernels/capi/backend.h"
+#include "kernels/capi/tensor_slices.h"
 #include "kernels/cpu_came.h"
 #include "kernels/cuda/cuda_came.h"
 #include "kernels/cuda/probe.h"
-#include "kernels/dtype.h"
-#include "kernels/geometry.h"
 
 namespace came::capi {
 namespace {
@@ -30,42 +29,6 @@ Error FromCuda(const cuda::CudaError& e) {
     case cuda::CudaError::kInternal: break;
   }
   return {CAME_INTERNAL, e.message};
-}
-
-// Returns one whole-tensor slice per descriptor, with no buffers bound yet.
-std::vector<TensorSlice> Slices(std::span<const came_tensor_desc> tensors) {
-  std::vector<TensorSlice> slices;
-  slices.reserve(tensors.size());
-  for (const came_tensor_desc& d : tensors) {
-    TensorSlice s;
-    s.geom = TensorGeometry::FromShape({d.shape, static_cast<size_t>(d.ndim)});
-    s.begin = 0;
-    s.end = s.geom.numel;
-    s.group = d.group;
-    s.grad_dtype = static_cast<DType>(d.grad_dtype);
-    s.param_dtype = static_cast<DType>(d.param_dtype);
-    slices.push_back(s);
-  }
-  return slices;
-}
-
-// Points `s` at these (validated) buffers: a float32 parameter is its own master, a 16-bit
-// one is refreshed from the master.
-void Bind(const came_tensor_desc& d, const came_tensor_ptrs& p, TensorSlice& s) {
-  s.grad = p.grad;
-  if (d.param_dtype == CAME_FLOAT32) {
-    s.master = static_cast<float*>(p.param);
-    s.param = nullptr;
-  } else {
-    s.master = p.master;
-    s.param = p.param;
-  }
-  s.exp_avg = p.exp_avg;
-  s.exp_avg_sq = p.exp_avg_sq;
-  s.exp_avg_sq_row = p.exp_avg_sq_row;
-  s.exp_avg_sq_col = p.exp_avg_sq_col;
-  s.exp_avg_res_row = p.exp_avg_res_row;
-  s.exp_avg_res_col = p.exp_avg_res_col;
 }
 
 class CudaBackend final : public Backend {
@@ -84,7 +47,7 @@ class CudaBackend final : public Backend {
               "on a CUDA optimizer `result` must be NULL (the step is queued on the stream; "
               "call came_optimizer_last_result for it)"};
     const auto s = static_cast<cudaStream_t>(stream);
-    for (size_t i = 0; i < ptrs.size(); ++i) Bind(descs_[i], ptrs[i], slices_[i]);
+    for (size_t i = 0; i < ptrs.size(); ++i) BindBuffers(descs_[i], ptrs[i], slices_[i]);
     if (Error e = FromCuda(came_->SetBuffers(slices_, s)); !e.ok()) return e;
     const size_t used = std::min(hyper_.size(), groups.size());
     for (size_t k = 0; k < used; ++k) hyper_[k] = ToCameHyper(groups[k]);
@@ -114,7 +77,7 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> CreateCudaBackend(int device, std::span<const came_tensor_desc> tensors,
                                            Error* error) {
   *error = {};
-  std::vector<TensorSlice> slices = Slices(tensors);
+  std::vector<TensorSlice> slices = WholeTensorSlices(tensors);
   cuda::CudaError e;
   std::unique_ptr<cuda::CudaCame> came = cuda::CudaCame::Create(slices, device, &e);
   if (came == nullptr) {
