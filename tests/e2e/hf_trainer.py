@@ -73,11 +73,7 @@ def main():
         output_dir=os.path.join(args.out, "rank%d" % RANK), max_steps=args.max_steps,
         per_device_train_batch_size=2, save_strategy="steps", save_steps=args.save_steps,
         logging_steps=1, max_grad_norm=0.0, report_to=[], use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0, seed=1,
-        # Every parameter is a view of one shared-memory buffer (Note [Zero-copy buffers] in
-        # came/optimizer.py): safetensors takes them all for aliases of one tensor and drops
-        # all but one from model.safetensors. torch.save keeps every tensor.
-        save_safetensors=False)
+        dataloader_num_workers=0, seed=1)  # save_safetensors left at its default (True)
     callbacks = [StopAfter(args.stop_after)] if args.stop_after else []
     trainer = InOrderTrainer(model=model, args=training, train_dataset=TokenData(32),
                              optimizers=(opt, sched), callbacks=callbacks)

@@ -40,6 +40,11 @@ class HuggingFaceTrainerTest(unittest.TestCase):
         self.assertEqual(len(saved["state"]), len(saved["param_groups"][0]["params"]))
         self.assertEqual(saved["state"][0]["step"], 3)
         self.assertGreater(float(saved["state"][0]["exp_avg"].abs().sum()), 0)
+        # The model went to model.safetensors (the default) whole: every parameter is there,
+        # although all of them live in one shared buffer.
+        from safetensors.torch import load_file
+        weights = load_file(os.path.join(part, "rank0", "checkpoint-3", "model.safetensors"))
+        self.assertEqual(len(weights), len(saved["state"]), sorted(weights))
         self.run_ok("--out", part, "--resume", part)
         a = torch.load(os.path.join(whole, "final.pt"))
         b = torch.load(os.path.join(part, "final.pt"))

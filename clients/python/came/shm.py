@@ -86,7 +86,18 @@ class SharedTensorBuffer:
         if offset < 0 or numel < 0 or offset + numel > self.numel:
             raise ValueError("tensor [%d, %d) lies outside buffer %s of %d elements" %
                              (offset, offset + numel, self.name, self.numel))
-        return self.flat[offset:offset + numel].view(shape)
+        # A storage of its own over the same mapping (not a slice of `flat`): tools that take
+        # tensors sharing a storage for aliases of one tensor (safetensors, Hugging Face's
+        # save_pretrained, which keep only one of them) see distinct tensors, as they are.
+        if self._mmap is None or numel == 0:
+            return self.flat[offset:offset + numel].view(shape)
+        storage = _DTYPES[self.dtype][1]
+        array = np.frombuffer(self._mmap, dtype=storage, count=numel,
+                              offset=offset * np.dtype(storage).itemsize)
+        t = torch.from_numpy(array)
+        if self.dtype == torch.bfloat16:
+            t = t.view(torch.bfloat16)
+        return t.view(shape)
 
     def contains(self, tensor):
         """Returns whether `tensor`'s data lies inside this mapping."""
