@@ -1,6 +1,7 @@
 #include "runtime/service/checkpoint_files.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "runtime/service/checkpoint_retention.h"
 
 namespace came::service {
 namespace {
@@ -49,7 +51,7 @@ std::string CheckpointId(int64_t step) { return absl::StrFormat("step-%012d", st
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) {
   static std::atomic<uint64_t> counter{0};
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoError("cannot create", tmp);
   absl::Status status = WriteAll(fd, contents, tmp);
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("cannot fsync", tmp);
@@ -66,10 +68,36 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
 }
 
 absl::Status CreateDirectories(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", path, ": ", ec.message()));
+  std::filesystem::path p;
+  for (const auto& part : std::filesystem::path(path)) {
+    p /= part;
+    if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoError("cannot create", p.string());
+  }
+  if (!std::filesystem::is_directory(path))
+    return absl::InternalError(absl::StrCat("cannot create ", path, ": not a folder"));
   return absl::OkStatus();
+}
+
+namespace {
+
+class RealStorage : public CheckpointStorage {
+ public:
+  absl::Status CreateDirectories(const std::string& path) override {
+    return service::CreateDirectories(path);
+  }
+  absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) override {
+    return service::WriteFileAtomically(path, contents);
+  }
+  absl::Status Prune(const std::string& checkpoint_dir, int keep) override {
+    return PruneCheckpoints(checkpoint_dir, keep);
+  }
+};
+
+}  // namespace
+
+CheckpointStorage* RealCheckpointStorage() {
+  static RealStorage* storage = new RealStorage;
+  return storage;
 }
 
 std::optional<CheckpointInfo> FindLatestCheckpoint(const std::string& checkpoint_dir) {

@@ -104,7 +104,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
   if (options.job_id.empty()) options.job_id = RandomJobId();
   std::optional<CheckpointInfo> latest;
   if (!options.config.checkpoint_dir.empty()) {
-    if (absl::Status s = CreateDirectories(options.config.checkpoint_dir); !s.ok()) return s;
+    CheckpointStorage* storage = options.storage ? options.storage : RealCheckpointStorage();
+    if (absl::Status s = storage->CreateDirectories(options.config.checkpoint_dir); !s.ok()) return s;
     latest = FindLatestCheckpoint(options.config.checkpoint_dir);
   }
   auto coordinator = std::unique_ptr<Coordinator>(new Coordinator(std::move(options), clock));
@@ -114,7 +115,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
 }
 
 Coordinator::Coordinator(CoordinatorOptions options, const Clock* clock)
-    : options_(std::move(options)), clock_(clock), store_(clock) {}
+    : options_(std::move(options)),
+      clock_(clock),
+      store_(clock),
+      storage_(options_.storage != nullptr ? options_.storage : RealCheckpointStorage()) {}
 
 Coordinator::~Coordinator() { Shutdown(); }
 
@@ -348,38 +352,43 @@ void Coordinator::CompleteManifestRoundLocked(DeferredCalls& deferred) {
 absl::StatusOr<CheckpointInfo> Coordinator::BeginCheckpoint(int rank, int64_t step) {
   if (absl::Status s = CheckRank(rank, options_.world_size); !s.ok()) return s;
   if (step < 0) return absl::InvalidArgumentError(absl::StrCat("step ", step, " is negative"));
+  absl::MutexLock io(&checkpoint_io_mu_);  // Note [Checkpoint I/O outside the lock]
   DeferredCalls deferred;
+  CheckpointInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    ExpireLeasesLocked(clock_->Now(), deferred);
+    if (options_.config.checkpoint_dir.empty()) {
+      return absl::FailedPreconditionError(
+          "checkpoints are off: the coordinator has no checkpoint folder");
+    }
+    if (state_ != JobState::kRunning) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot checkpoint: the job is ", std::string(JobStateName(state_))));
+    }
+    if (absl::Status s = CheckMemberLocked(rank); !s.ok()) return s;
+    if (latest_checkpoint_.has_value() && step <= latest_checkpoint_->step) {
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "a checkpoint of step %d is committed; step %d is not newer", latest_checkpoint_->step,
+          step));
+    }
+    const std::string id = CheckpointId(step);
+    if (auto it = pending_checkpoints_.find(id); it != pending_checkpoints_.end()) {
+      return it->second.info;
+    }
+    // Ranks save together, one step at a time: a checkpoint of an older step that is still
+    // pending was abandoned (a rank failed to write it) and must not count against the limit.
+    std::erase_if(pending_checkpoints_, [step](const auto& p) { return p.second.info.step < step; });
+    if (static_cast<int64_t>(pending_checkpoints_.size()) >= kMaxPendingCheckpoints) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%d checkpoints are in progress, the limit", kMaxPendingCheckpoints));
+    }
+    info = CheckpointInfo{id, step,
+                          (std::filesystem::path(options_.config.checkpoint_dir) / id).string(), ""};
+  }
+  if (absl::Status s = storage_->CreateDirectories(info.directory); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  ExpireLeasesLocked(clock_->Now(), deferred);
-  if (options_.config.checkpoint_dir.empty()) {
-    return absl::FailedPreconditionError(
-        "checkpoints are off: the coordinator has no checkpoint folder");
-  }
-  if (state_ != JobState::kRunning) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot checkpoint: the job is ", std::string(JobStateName(state_))));
-  }
-  if (absl::Status s = CheckMemberLocked(rank); !s.ok()) return s;
-  if (latest_checkpoint_.has_value() && step <= latest_checkpoint_->step) {
-    return absl::AlreadyExistsError(absl::StrFormat(
-        "a checkpoint of step %d is committed; step %d is not newer", latest_checkpoint_->step,
-        step));
-  }
-  const std::string id = CheckpointId(step);
-  if (auto it = pending_checkpoints_.find(id); it != pending_checkpoints_.end()) {
-    return it->second.info;
-  }
-  // Ranks save together, one step at a time: a checkpoint of an older step that is still
-  // pending was abandoned (a rank failed to write it) and must not count against the limit.
-  std::erase_if(pending_checkpoints_, [step](const auto& p) { return p.second.info.step < step; });
-  if (static_cast<int64_t>(pending_checkpoints_.size()) >= kMaxPendingCheckpoints) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "%d checkpoints are in progress, the limit", kMaxPendingCheckpoints));
-  }
-  CheckpointInfo info{id, step,
-                      (std::filesystem::path(options_.config.checkpoint_dir) / id).string(), ""};
-  if (absl::Status s = CreateDirectories(info.directory); !s.ok()) return s;
-  pending_checkpoints_[id] = PendingCheckpoint{info, {}};
+  pending_checkpoints_[info.id] = PendingCheckpoint{info, {}};
   return info;
 }
 
@@ -405,40 +414,45 @@ absl::Status Coordinator::ReportShard(const ShardReport& report) {
 absl::StatusOr<CheckpointInfo> Coordinator::CommitCheckpoint(std::string_view checkpoint_id,
                                                              int rank) {
   if (absl::Status s = CheckRank(rank, options_.world_size); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
-  if (latest_checkpoint_.has_value() && latest_checkpoint_->id == checkpoint_id) {
-    return *latest_checkpoint_;
+  absl::MutexLock io(&checkpoint_io_mu_);  // Note [Checkpoint I/O outside the lock]
+  CheckpointInfo info;
+  std::string text;
+  {
+    absl::MutexLock lock(&mu_);
+    if (latest_checkpoint_.has_value() && latest_checkpoint_->id == checkpoint_id) {
+      return *latest_checkpoint_;
+    }
+    auto it = pending_checkpoints_.find(checkpoint_id);
+    if (it == pending_checkpoints_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("no checkpoint '", std::string(checkpoint_id), "' is in progress"));
+    }
+    const PendingCheckpoint& pending = it->second;
+    if (static_cast<int>(pending.shards.size()) < options_.world_size) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "checkpoint %s: shards missing from ranks %s", checkpoint_id,
+          FormatRanks(MissingRanks(Keys(pending.shards), options_.world_size))));
+    }
+    info = pending.info;
+    text = ManifestTextLocked(pending);
   }
-  auto it = pending_checkpoints_.find(checkpoint_id);
-  if (it == pending_checkpoints_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("no checkpoint '", std::string(checkpoint_id), "' is in progress"));
+  info.manifest_path = (std::filesystem::path(info.directory) / kManifestFileName).string();
+  if (absl::Status s = storage_->WriteFileAtomically(info.manifest_path, text); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    latest_checkpoint_ = info;
+    ++checkpoint_commits_;
+    std::erase_if(pending_checkpoints_,
+                  [&](const auto& p) { return p.second.info.step <= info.step; });
   }
-  PendingCheckpoint& pending = it->second;
-  if (static_cast<int>(pending.shards.size()) < options_.world_size) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "checkpoint %s: shards missing from ranks %s", checkpoint_id,
-        FormatRanks(MissingRanks(Keys(pending.shards), options_.world_size))));
-  }
-  if (absl::Status s = WriteManifestLocked(pending); !s.ok()) return s;
-  CheckpointInfo info = pending.info;
-  latest_checkpoint_ = info;
-  ++checkpoint_commits_;
   if (options_.keep_checkpoints > 0) {
     // The commit stands even if pruning fails; the next commit tries again.
-    (void)PruneCheckpoints(options_.config.checkpoint_dir, options_.keep_checkpoints);
-  }
-  for (auto p = pending_checkpoints_.begin(); p != pending_checkpoints_.end();) {
-    if (p->second.info.step <= info.step) {
-      p = pending_checkpoints_.erase(p);
-    } else {
-      ++p;
-    }
+    (void)storage_->Prune(options_.config.checkpoint_dir, options_.keep_checkpoints);
   }
   return info;
 }
 
-absl::Status Coordinator::WriteManifestLocked(PendingCheckpoint& pending) {
+std::string Coordinator::ManifestTextLocked(const PendingCheckpoint& pending) const {
   const JobConfig& c = options_.config;
   const CameHyper& h = c.defaults;
   nlohmann::json j;
@@ -465,11 +479,7 @@ absl::Status Coordinator::WriteManifestLocked(PendingCheckpoint& pending) {
   }
   j["shards"] = std::move(shards);
   j["committed_unix_seconds"] = absl::ToUnixSeconds(clock_->Now());
-  const std::string path =
-      (std::filesystem::path(pending.info.directory) / kManifestFileName).string();
-  if (absl::Status s = WriteFileAtomically(path, j.dump(2) + "\n"); !s.ok()) return s;
-  pending.info.manifest_path = path;
-  return absl::OkStatus();
+  return j.dump(2) + "\n";
 }
 
 std::optional<CheckpointInfo> Coordinator::LatestCheckpoint() const {

@@ -52,6 +52,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "runtime/service/checkpoint_files.h"
 #include "runtime/service/clock.h"
 #include "runtime/service/coordinator_types.h"
 #include "runtime/service/deferred_calls.h"
@@ -69,6 +70,7 @@ struct CoordinatorOptions {
   int64_t generation = 0;   // Note [Restart generations]
   int keep_checkpoints = 0; // > 0: keep only the newest K committed checkpoints
                             // (Note [Checkpoint retention] in checkpoint_retention.h)
+  CheckpointStorage* storage = nullptr;  // not owned; null: RealCheckpointStorage()
 };
 
 class Coordinator {
@@ -172,13 +174,20 @@ class Coordinator {
   absl::Status WaitBlockerLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompleteManifestRoundLocked(DeferredCalls& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status WriteManifestLocked(PendingCheckpoint& pending)
+  // Returns the manifest.json text of a checkpoint whose shards are all in.
+  std::string ManifestTextLocked(const PendingCheckpoint& pending) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions options_;
   const Clock* const clock_;
   KvStore store_;
 
+  CheckpointStorage* const storage_;
+  // Note [Checkpoint I/O outside the lock]: BeginCheckpoint and CommitCheckpoint hold
+  // checkpoint_io_mu_ (one checkpoint operation at a time) across their file I/O and take mu_
+  // only around the bookkeeping, so a slow disk delays checkpoints but never a Heartbeat,
+  // a store call or a barrier (nothing else takes checkpoint_io_mu_).
+  absl::Mutex checkpoint_io_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   JobState state_ ABSL_GUARDED_BY(mu_) = JobState::kForming;
   std::string abort_reason_ ABSL_GUARDED_BY(mu_);

@@ -45,7 +45,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(
   auto credentials =
       options.credentials ? options.credentials : grpc::InsecureServerCredentials();
   builder.AddListeningPort(options.listen, credentials, &server->port_);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxCoordinatorRequestBytes));
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
   builder.RegisterService(&server->service_);
   server->server_ = builder.BuildAndStart();

@@ -17,10 +17,17 @@ absl::Status CheckKey(std::string_view key) { return CheckName("store key", key,
 
 }  // namespace
 
-absl::Status KvStore::CheckCapacityLocked(std::string_view key) const {
-  if (static_cast<int64_t>(values_.size()) >= kMaxStoreKeys && !values_.contains(std::string(key))) {
+absl::Status KvStore::CheckCapacityLocked(std::string_view key, size_t value_bytes) const {
+  auto it = values_.find(key);
+  if (it == values_.end() && static_cast<int64_t>(values_.size()) >= limits_.max_keys) {
     return absl::ResourceExhaustedError(
-        absl::StrFormat("the store holds %d keys, its limit", kMaxStoreKeys));
+        absl::StrFormat("the store holds %d keys, its limit", limits_.max_keys));
+  }
+  const int64_t now = bytes_ - (it == values_.end() ? 0 : static_cast<int64_t>(key.size() + it->second.size()));
+  if (now + static_cast<int64_t>(key.size() + value_bytes) > limits_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the store holds %d bytes; %d more would pass its limit of %d", bytes_,
+        key.size() + value_bytes, limits_.max_bytes));
   }
   return absl::OkStatus();
 }
@@ -31,8 +38,12 @@ void KvStore::SetLocked(std::string_view key, std::string value, DeferredCalls& 
     for (Waiter& w : it->second) {
       deferred.Add([done = std::move(w.done), value]() mutable { done(value); });
     }
+    waiting_ -= static_cast<int64_t>(it->second.size());
     waiters_.erase(it);
   }
+  if (auto old = values_.find(key); old != values_.end())
+    bytes_ -= static_cast<int64_t>(key.size() + old->second.size());
+  bytes_ += static_cast<int64_t>(key.size() + value.size());
   values_.insert_or_assign(std::string(key), std::move(value));
 }
 
@@ -41,7 +52,7 @@ absl::Status KvStore::Set(std::string_view key, std::string_view value) {
   if (absl::Status s = CheckLength("store value", value, kMaxValueBytes); !s.ok()) return s;
   DeferredCalls deferred;
   absl::MutexLock lock(&mu_);
-  if (absl::Status s = CheckCapacityLocked(key); !s.ok()) return s;
+  if (absl::Status s = CheckCapacityLocked(key, value.size()); !s.ok()) return s;
   SetLocked(key, std::string(value), deferred);
   return absl::OkStatus();
 }
@@ -57,8 +68,12 @@ void KvStore::Get(std::string_view key, absl::Time deadline, ValueCallback done)
       result = aborted_;
     } else if (deadline <= clock_->Now()) {
       result = absl::DeadlineExceededError(absl::StrCat("store key '", std::string(key), "' is not set"));
+    } else if (waiting_ >= limits_.max_waiters) {
+      result = absl::ResourceExhaustedError(absl::StrFormat(
+          "%d store reads are waiting, the limit: retry later", limits_.max_waiters));
     } else {
       waiters_[std::string(key)].push_back(Waiter{deadline, std::move(done)});
+      ++waiting_;
       return;
     }
   }
@@ -75,7 +90,7 @@ absl::StatusOr<int64_t> KvStore::Add(std::string_view key, int64_t delta) {
       return absl::InvalidArgumentError(
           absl::StrCat("store key '", std::string(key), "' does not hold a decimal integer"));
     }
-  } else if (absl::Status s = CheckCapacityLocked(key); !s.ok()) {
+  } else if (absl::Status s = CheckCapacityLocked(key, 20); !s.ok()) {  // 20: any int64
     return s;
   }
   if ((delta > 0 && value > std::numeric_limits<int64_t>::max() - delta) ||
@@ -103,6 +118,7 @@ void KvStore::Poll() {
       });
       list[i] = std::move(list.back());
       list.pop_back();
+      --waiting_;
     }
     if (list.empty()) {
       waiters_.erase(it++);
@@ -122,6 +138,7 @@ void KvStore::Abort(absl::Status status) {
     }
   }
   waiters_.clear();
+  waiting_ = 0;
 }
 
 }  // namespace came::service

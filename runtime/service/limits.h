@@ -11,6 +11,10 @@ inline constexpr int kMaxWorldSize = 65536;
 inline constexpr int64_t kMaxKeyBytes = 1024;           // a store key or barrier name
 inline constexpr int64_t kMaxValueBytes = 4ll << 20;    // a store value
 inline constexpr int64_t kMaxStoreKeys = 1ll << 20;     // keys held by the store
+inline constexpr int64_t kMaxStoreBytes = 1ll << 30;    // bytes of keys and values held
+inline constexpr int64_t kMaxStoreWaiters = 1ll << 16;  // store Gets waiting at once
+// What the coordinator accepts: its largest request is a store value with its key.
+inline constexpr int64_t kMaxCoordinatorRequestBytes = kMaxValueBytes + (64ll << 10);
 inline constexpr int kMaxEndpoints = 16;
 inline constexpr int64_t kMaxNameLength = 512;  // tensor, endpoint, host, file, digest
 inline constexpr int64_t kMaxReasonBytes = 4096;

@@ -172,14 +172,15 @@ TEST_F(CoordinatorGrpcTest, BadInputIsInvalidArgumentAndServerKeepsServing) {
     EXPECT_EQ(stub->StoreGet(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
   {
-    // Over the message limit: the server refuses it before any handler runs.
+    // Over the coordinator's request limit (a store value and its key, far below the 64 MiB
+    // of the rank service): the server refuses it before any handler runs.
     auto stub = RawStub(/*max_send=*/-1);
     grpc::ClientContext ctx;
     Deadline(ctx, absl::Seconds(30));
     ctx.AddMetadata("authorization", "Bearer " + kToken);
     v1::StoreSetRequest req;
     req.set_key("huge");
-    req.set_value(std::string(kMaxMessageBytes + 1024, 'x'));
+    req.set_value(std::string(kMaxCoordinatorRequestBytes + 1024, 'x'));
     v1::StoreSetResponse resp;
     EXPECT_EQ(stub->StoreSet(&ctx, req, &resp).error_code(),
               grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -191,6 +192,10 @@ TEST_F(CoordinatorGrpcTest, BadInputIsInvalidArgumentAndServerKeepsServing) {
   EXPECT_EQ(joined->rank, 1);
   EXPECT_TRUE(client_->StoreSet("k", "v").ok());
   EXPECT_EQ(*client_->StoreGet("k", absl::ZeroDuration()), "v");
+  // The largest value the store takes fits the limit both ways.
+  const std::string biggest(kMaxValueBytes, 'b');
+  EXPECT_TRUE(client_->StoreSet(std::string(kMaxKeyBytes, 'k'), biggest).ok());
+  EXPECT_EQ(*client_->StoreGet(std::string(kMaxKeyBytes, 'k'), absl::ZeroDuration()), biggest);
 }
 
 TEST_F(CoordinatorGrpcTest, CoordinatorStoreSetGetWaitTimeoutAdd) {

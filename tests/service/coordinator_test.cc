@@ -2,6 +2,8 @@
 #include "runtime/service/coordinator.h"
 
 #include <filesystem>
+#include <future>
+#include <thread>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -9,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -39,8 +42,9 @@ const std::string kToken = "secret-token";
 
 class CoordinatorTest : public ::testing::Test {
  protected:
-  void Make(int world_size, std::string checkpoint_dir = "") {
+  void Make(int world_size, std::string checkpoint_dir = "", CheckpointStorage* storage = nullptr) {
     CoordinatorOptions options;
+    options.storage = storage;
     options.world_size = world_size;
     options.token = kToken;
     options.config.lease = absl::Seconds(10);
@@ -448,6 +452,48 @@ TEST_F(CheckpointTest, AbandonedCheckpointsNeverBlockLaterOnes) {
   ASSERT_TRUE(begin.ok()) << begin.status();
   for (int r = 0; r < 2; ++r) ASSERT_TRUE(coord_->ReportShard(Shard(begin->id, r)).ok());
   EXPECT_TRUE(coord_->CommitCheckpoint(begin->id, 0).ok());
+}
+
+// Holds every manifest write until released (a slow disk); the rest goes to the file system.
+class SlowStorage : public CheckpointStorage {
+ public:
+  absl::Status CreateDirectories(const std::string& path) override {
+    return RealCheckpointStorage()->CreateDirectories(path);
+  }
+  absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) override {
+    writing.Notify();
+    release.WaitForNotificationWithTimeout(absl::Seconds(60));
+    return RealCheckpointStorage()->WriteFileAtomically(path, contents);
+  }
+  absl::Status Prune(const std::string& dir, int keep) override {
+    return RealCheckpointStorage()->Prune(dir, keep);
+  }
+  absl::Notification writing, release;
+};
+
+TEST_F(CheckpointTest, ASlowManifestWriteNeverStallsHeartbeatsOrTheStore) {
+  SlowStorage storage;
+  Make(1, dir_.string(), &storage);
+  JoinAll();
+  auto begin = coord_->BeginCheckpoint(0, 5);
+  ASSERT_TRUE(begin.ok()) << begin.status();
+  ASSERT_TRUE(coord_->ReportShard(Shard(begin->id, 0)).ok());
+  std::thread committer([&] { EXPECT_TRUE(coord_->CommitCheckpoint(begin->id, 0).ok()); });
+  ASSERT_TRUE(storage.writing.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  // The commit is writing; the lock-holding calls of every other rank must not wait for it.
+  auto quick = std::async(std::launch::async, [&] {
+    const bool heartbeat = coord_->Heartbeat(0, 5).ok();
+    const bool store = coord_->StoreSet("k", "v").ok();
+    const bool status = coord_->Status().state == JobState::kRunning;
+    return heartbeat && store && status;
+  });
+  const bool answered = quick.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  storage.release.Notify();
+  committer.join();
+  ASSERT_TRUE(answered) << "Heartbeat waited for the manifest write";
+  EXPECT_TRUE(quick.get());
+  ASSERT_TRUE(coord_->LatestCheckpoint().has_value());
+  EXPECT_EQ(coord_->LatestCheckpoint()->step, 5);
 }
 
 TEST_F(CheckpointTest, CheckpointsOffWithoutFolder) {

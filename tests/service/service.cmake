@@ -33,3 +33,8 @@ if(TARGET came_service_common)
     LIBS came_service_common
     LABELS service)
 endif()
+
+came_add_test(kv_store_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/kv_store_test.cc
+  LIBS came_coordinator_core
+  LABELS service)
