@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "kernels/cuda/phase_kernels.cuh"
+#include "kernels/cuda/phase_runner.h"
 #include "kernels/dtype.h"
 
 namespace came::cuda {
@@ -35,9 +36,17 @@ class DeviceScope {
   bool switched_ = false;
 };
 
-unsigned Blocks(int64_t threads) {
-  return static_cast<unsigned>((threads + kBlockThreads - 1) / kBlockThreads);
-}
+// PhaseRunner's launch: queues a kernel on one stream and keeps the launch's error.
+struct CudaLaunch {
+  cudaStream_t stream;
+  cudaError_t* error;
+  template <class Kernel, class... Args>
+  bool operator()(unsigned grid, unsigned threads, Kernel kernel, Args... args) const {
+    kernel<<<grid, threads, 0, stream>>>(args...);
+    *error = cudaGetLastError();
+    return *error == cudaSuccess;
+  }
+};
 
 }  // namespace
 
@@ -130,12 +139,18 @@ CudaError CudaCame::Init(std::span<const TensorSlice> slices) {
   // run on other streams.
   if (err == cudaSuccess) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) return Internal("uploading the chunk table", err);
-  return {};
-}
-
-CudaError CudaCame::Launched(const char* what) {
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
-    return Internal(std::string("launching ") + what, e);
+  buffers_.layout = &layout_;
+  buffers_.slices = d_slices_;
+  buffers_.chunks = d_chunks_;
+  buffers_.stat_blocks = d_stat_blocks_;
+  buffers_.ptrs = d_ptrs_;
+  buffers_.groups = d_groups_;
+  buffers_.step = d_step_;
+  buffers_.factor = d_factor_;
+  buffers_.row_part = d_row_part_;
+  buffers_.col_part = d_col_part_;
+  buffers_.chunk_sum = d_chunk_sum_;
+  buffers_.slice_sum = d_slice_sum_;
   return {};
 }
 
@@ -180,129 +195,63 @@ CudaError CudaCame::SetBuffers(std::span<const TensorSlice> buffers, cudaStream_
   return {};
 }
 
-template <int kPhase>
-CudaError CudaCame::LaunchPhase(const double* sum_sq, cudaStream_t stream) {
-  if (layout_.chunks.empty()) return {};
-  PhaseArgs a;
-  a.slices = d_slices_;
-  a.chunks = d_chunks_;
-  a.ptrs = d_ptrs_;
-  a.groups = d_groups_;
-  a.step = d_step_;
-  a.factor = d_factor_;
-  a.sum_sq = sum_sq;
-  a.row_part = d_row_part_;
-  a.col_part = d_col_part_;
-  a.chunk_sum = d_chunk_sum_;
-  PhaseKernel<kPhase><<<static_cast<unsigned>(layout_.chunks.size()), kBlockThreads, 0, stream>>>(a);
-  return Launched("a phase kernel");
-}
-
-CudaError CudaCame::Reduce(bool check_skip, int64_t num_stats, double* sums, double* slice_out,
-                           cudaStream_t stream) {
-  const int64_t threads = num_stats + (slice_out != nullptr ? num_slices() : 0);
-  if (threads == 0) return {};
-  ReduceArgs a;
-  a.slices = d_slices_;
-  a.num_slices = num_slices();
-  a.step = d_step_;
-  a.check_skip = check_skip;
-  a.row_part = d_row_part_;
-  a.col_part = d_col_part_;
-  a.chunk_sum = d_chunk_sum_;
-  a.num_stats = num_stats;
-  a.sums = sums;
-  a.slice_out = slice_out;
-  ReduceKernel<<<Blocks(threads), kBlockThreads, 0, stream>>>(a);
-  return Launched("the reduction kernel");
+template <class F>
+CudaError CudaCame::Run(const char* what, cudaStream_t stream, F&& queue) {
+  DeviceScope scope(device_);
+  cudaError_t error = cudaSuccess;
+  PhaseRunner<CudaLaunch> runner(buffers_, CudaLaunch{stream, &error});
+  if (!queue(runner)) return Internal(std::string("launching the kernels of ") + what, error);
+  return {};
 }
 
 CudaError CudaCame::GradStats(double* sums, double* grad_sum_sq, cudaStream_t stream) {
-  DeviceScope scope(device_);
-  CudaError e = LaunchPhase<kGradStats>(nullptr, stream);
-  if (e.ok()) e = Reduce(false, stats_size(), sums, d_slice_sum_, stream);
-  if (!e.ok()) return e;
-  TotalKernel<<<1, kBlockThreads, 0, stream>>>(d_slice_sum_, num_slices(), grad_sum_sq);
-  return Launched("the total kernel");
+  return Run("GradStats", stream, [&](auto& r) { return r.GradStats(sums, grad_sum_sq); });
 }
 
 CudaError CudaCame::BeginStep(const double* grad_sum_sq, double max_grad_norm,
                               cudaStream_t stream) {
-  DeviceScope scope(device_);
-  BeginStepKernel<<<1, 1, 0, stream>>>(grad_sum_sq, max_grad_norm, d_step_);
-  return Launched("the step kernel");
+  return Run("BeginStep", stream,
+             [&](auto& r) { return r.BeginStep(grad_sum_sq, max_grad_norm); });
 }
 
 CudaError CudaCame::UpdateSecondMoments(const double* sums, std::span<const CameHyper> groups,
                                         cudaStream_t stream) {
-  if (static_cast<int64_t>(groups.size()) < layout_.num_groups)
-    return {CudaError::kInvalidArgument, "expected hyperparameters for " +
-                                             std::to_string(layout_.num_groups) +
-                                             " groups, got " + std::to_string(groups.size())};
-  DeviceScope scope(device_);
-  for (int first = 0; first < layout_.num_groups; first += kGroupsPerLaunch) {
-    GroupBatch batch{};
-    batch.first = first;
-    batch.count = std::min(kGroupsPerLaunch, layout_.num_groups - first);
-    for (int k = 0; k < batch.count; ++k) {
-      const CameHyper& h = groups[first + k];
-      batch.g[k] = {MakeStepScalars<float>(h), h.eps1, h.clip_threshold};
-    }
-    SetGroupsKernel<<<1, kGroupsPerLaunch, 0, stream>>>(batch, d_groups_);
-    if (CudaError e = Launched("the group kernel"); !e.ok()) return e;
-  }
-  if (layout_.stat_blocks.empty()) return {};
-  StatsKernel<kSecondMoment><<<static_cast<unsigned>(layout_.stat_blocks.size()), kBlockThreads,
-                               0, stream>>>(d_slices_, d_stat_blocks_, d_ptrs_, d_groups_,
-                                            d_step_, sums, d_factor_);
-  return Launched("the statistics kernel");
+  if (CudaError e = CheckGroups(groups); !e.ok()) return e;
+  return Run("UpdateSecondMoments", stream,
+             [&](auto& r) { return r.UpdateSecondMoments(sums, groups); });
 }
 
 CudaError CudaCame::UpdateSquares(double* sum_sq, cudaStream_t stream) {
-  DeviceScope scope(device_);
-  CudaError e = LaunchPhase<kSquares>(nullptr, stream);
-  if (e.ok()) e = Reduce(true, 0, nullptr, sum_sq, stream);
-  return e;
+  return Run("UpdateSquares", stream, [&](auto& r) { return r.UpdateSquares(sum_sq); });
 }
 
 CudaError CudaCame::Momentum(const double* sum_sq, double* sums, cudaStream_t stream) {
-  DeviceScope scope(device_);
-  CudaError e = LaunchPhase<kMomentum>(sum_sq, stream);
-  if (e.ok()) e = Reduce(true, stats_size(), sums, nullptr, stream);
-  return e;
+  return Run("Momentum", stream, [&](auto& r) { return r.Momentum(sum_sq, sums); });
 }
 
 CudaError CudaCame::UpdateResiduals(const double* sums, cudaStream_t stream) {
-  if (layout_.stat_blocks.empty()) return {};
-  DeviceScope scope(device_);
-  StatsKernel<kResidual><<<static_cast<unsigned>(layout_.stat_blocks.size()), kBlockThreads, 0,
-                           stream>>>(d_slices_, d_stat_blocks_, d_ptrs_, d_groups_, d_step_, sums,
-                                     d_factor_);
-  return Launched("the statistics kernel");
+  return Run("UpdateResiduals", stream, [&](auto& r) { return r.UpdateResiduals(sums); });
 }
 
 CudaError CudaCame::Apply(cudaStream_t stream) {
-  DeviceScope scope(device_);
-  return LaunchPhase<kApply>(nullptr, stream);
+  return Run("Apply", stream, [&](auto& r) { return r.Apply(); });
 }
 
 CudaError CudaCame::Step(std::span<const CameHyper> groups, const StepOptions& options,
                          cudaStream_t stream) {
-  DeviceScope scope(device_);
-  double* grad_sum_sq = &d_step_->grad_sum_sq;
-  CudaError e = GradStats(d_sums_, grad_sum_sq, stream);
-  if (e.ok()) e = BeginStep(grad_sum_sq, options.max_grad_norm, stream);
-  if (e.ok()) e = UpdateSecondMoments(d_sums_, groups, stream);
-  if (e.ok()) e = UpdateSquares(d_sum_sq_, stream);
-  if (e.ok()) e = Momentum(d_sum_sq_, d_sums_, stream);
-  if (e.ok()) e = UpdateResiduals(d_sums_, stream);
-  if (e.ok()) e = Apply(stream);
-  if (!e.ok()) return e;
-  MinClipKernel<<<1, kBlockThreads, 0, stream>>>(d_slices_, num_slices(), d_groups_, d_sum_sq_,
-                                                 d_step_);
-  if (e = Launched("the clip kernel"); !e.ok()) return e;
-  stepped_ = true;
-  return {};
+  if (CudaError e = CheckGroups(groups); !e.ok()) return e;
+  CudaError e = Run("Step", stream, [&](auto& r) {
+    return r.LocalStep(groups, options.max_grad_norm, d_sums_, d_sum_sq_);
+  });
+  if (e.ok()) stepped_ = true;
+  return e;
+}
+
+CudaError CudaCame::CheckGroups(std::span<const CameHyper> groups) const {
+  if (static_cast<int64_t>(groups.size()) >= layout_.num_groups) return {};
+  return {CudaError::kInvalidArgument, "expected hyperparameters for " +
+                                           std::to_string(layout_.num_groups) +
+                                           " groups, got " + std::to_string(groups.size())};
 }
 
 CudaError CudaCame::ReadResult(StepResult* result, cudaStream_t stream) {

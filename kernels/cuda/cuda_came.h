@@ -104,11 +104,10 @@ class CudaCame {
  private:
   CudaCame(Layout layout, int device);
   CudaError Init(std::span<const TensorSlice> slices);
-  CudaError Launched(const char* what);
-  CudaError Reduce(bool check_skip, int64_t num_stats, double* sums, double* slice_out,
-                   cudaStream_t stream);
-  template <int kPhase>
-  CudaError LaunchPhase(const double* sum_sq, cudaStream_t stream);
+  CudaError CheckGroups(std::span<const CameHyper> groups) const;
+  // Queues what `queue(PhaseRunner&)` launches on `stream` (phase_runner.h).
+  template <class F>
+  CudaError Run(const char* what, cudaStream_t stream, F&& queue);
   template <typename T>
   CudaError Alloc(T** p, int64_t count);
 
@@ -131,6 +130,7 @@ class CudaCame {
   double* d_slice_sum_ = nullptr;
   double* d_sums_ = nullptr;     // Step's sums
   double* d_sum_sq_ = nullptr;   // Step's per-slice sum of u^2
+  PhaseBuffers buffers_;         // the above, for PhaseRunner
   // Pointer uploads and results.
   std::vector<SlicePointers> bound_;  // what d_ptrs_ holds
   std::vector<SlicePointers> next_;   // SetBuffers' candidate table (sized at creation)

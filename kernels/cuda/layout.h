@@ -95,6 +95,22 @@ Layout BuildLayout(std::span<const TensorSlice> slices);
 // hold a whole number of vectors.
 SlicePointers PointersOf(const TensorSlice& s);
 
+// Where the kernels' tables and workspace are (device memory; host memory under emulation).
+struct PhaseBuffers {
+  const Layout* layout = nullptr;  // host copy: sizes and counts
+  const SliceInfo* slices = nullptr;
+  const Chunk* chunks = nullptr;
+  const StatBlock* stat_blocks = nullptr;
+  const SlicePointers* ptrs = nullptr;
+  DeviceGroup* groups = nullptr;
+  DeviceStep* step = nullptr;
+  float* factor = nullptr;
+  double* row_part = nullptr;
+  double* col_part = nullptr;
+  double* chunk_sum = nullptr;
+  double* slice_sum = nullptr;
+};
+
 CAME_HD int64_t MinI(int64_t a, int64_t b) { return a < b ? a : b; }
 CAME_HD int64_t MaxI(int64_t a, int64_t b) { return a > b ? a : b; }
 

@@ -1,6 +1,6 @@
 // The CUDA phase kernels (kernels/cuda/phase_kernels.cuh) run on the CPU through a host
 // emulation of threads, barriers and warp shuffles (cuda_emulation.h), in CudaCame::Step's
-// sequence, against CpuCame: awkward shapes (one row, one column, widths that are and are not a
+// sequence (the same PhaseRunner, kernels/cuda/phase_runner.h), against CpuCame: awkward shapes (one row, one column, widths that are and are not a
 // multiple of the vector width, several column tiles and row bands, 3-D/4-D, 1-D over several
 // chunks), fp32 and bf16 gradients, a bf16 parameter copy, gradient-norm clipping, a skipped
 // step, and slices that start and end mid-row. This checks the kernels' own index arithmetic,
@@ -20,6 +20,7 @@
 #include "kernels/cpu_came.h"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/phase_kernels.cuh"
+#include "kernels/cuda/phase_runner.h"
 #include "kernels/geometry.h"
 #include "tools/replay/case_io.h"
 
@@ -28,11 +29,7 @@ namespace {
 
 using emulation::Launch;
 
-unsigned Blocks(int64_t threads) {
-  return static_cast<unsigned>((threads + kBlockThreads - 1) / kBlockThreads);
-}
-
-// CudaCame::Step's sequence of kernels over host memory.
+// CudaCame::Step over host memory: the same PhaseRunner, launching through the emulation.
 class EmulatedCame {
  public:
   explicit EmulatedCame(const std::vector<TensorSlice>& slices)
@@ -56,49 +53,25 @@ class EmulatedCame {
   }
 
   StepResult Step(const std::vector<CameHyper>& groups, const StepOptions& options) {
-    PhaseArgs a{layout_.slices.data(), layout_.chunks.data(), ptrs_.data(), groups_.data(),
-                &step_, factor_.data(), sum_sq_.data(), row_part_.data(), col_part_.data(),
-                chunk_sum_.data()};
-    const unsigned chunks = static_cast<unsigned>(layout_.chunks.size());
-    const unsigned stat_blocks = static_cast<unsigned>(layout_.stat_blocks.size());
-    auto reduce = [&](bool check_skip, int64_t num_stats, double* sums, double* slice_out) {
-      ReduceArgs r{layout_.slices.data(), ns_, &step_, check_skip, row_part_.data(),
-                   col_part_.data(), chunk_sum_.data(), num_stats, sums, slice_out};
-      const int64_t threads = num_stats + (slice_out != nullptr ? ns_ : 0);
-      if (threads > 0) Launch(Blocks(threads), kBlockThreads, [&] { ReduceKernel(r); });
+    PhaseBuffers b;
+    b.layout = &layout_;
+    b.slices = layout_.slices.data();
+    b.chunks = layout_.chunks.data();
+    b.stat_blocks = layout_.stat_blocks.data();
+    b.ptrs = ptrs_.data();
+    b.groups = groups_.data();
+    b.step = &step_;
+    b.factor = factor_.data();
+    b.row_part = row_part_.data();
+    b.col_part = col_part_.data();
+    b.chunk_sum = chunk_sum_.data();
+    b.slice_sum = slice_sum_.data();
+    auto launch = [](unsigned grid, unsigned threads, auto kernel, auto... args) {
+      Launch(grid, threads, [&] { kernel(args...); });
+      return true;
     };
-    if (chunks > 0) Launch(chunks, kBlockThreads, [&] { PhaseKernel<kGradStats>(a); });
-    reduce(false, layout_.stats_size, sums_.data(), slice_sum_.data());
-    Launch(1, kBlockThreads, [&] { TotalKernel(slice_sum_.data(), ns_, &step_.grad_sum_sq); });
-    Launch(1, 1, [&] { BeginStepKernel(&step_.grad_sum_sq, options.max_grad_norm, &step_); });
-    for (int first = 0; first < layout_.num_groups; first += kGroupsPerLaunch) {
-      GroupBatch batch{};
-      batch.first = first;
-      batch.count = std::min(kGroupsPerLaunch, layout_.num_groups - first);
-      for (int k = 0; k < batch.count; ++k)
-        batch.g[k] = {MakeStepScalars<float>(groups[first + k]), groups[first + k].eps1,
-                      groups[first + k].clip_threshold};
-      Launch(1, kGroupsPerLaunch, [&] { SetGroupsKernel(batch, groups_.data()); });
-    }
-    auto stats = [&](auto kernel) {
-      if (stat_blocks > 0) Launch(stat_blocks, kBlockThreads, kernel);
-    };
-    stats([&] {
-      StatsKernel<kSecondMoment>(layout_.slices.data(), layout_.stat_blocks.data(), ptrs_.data(),
-                                 groups_.data(), &step_, sums_.data(), factor_.data());
-    });
-    if (chunks > 0) Launch(chunks, kBlockThreads, [&] { PhaseKernel<kSquares>(a); });
-    reduce(true, 0, nullptr, sum_sq_.data());
-    if (chunks > 0) Launch(chunks, kBlockThreads, [&] { PhaseKernel<kMomentum>(a); });
-    reduce(true, layout_.stats_size, sums_.data(), nullptr);
-    stats([&] {
-      StatsKernel<kResidual>(layout_.slices.data(), layout_.stat_blocks.data(), ptrs_.data(),
-                             groups_.data(), &step_, sums_.data(), factor_.data());
-    });
-    if (chunks > 0) Launch(chunks, kBlockThreads, [&] { PhaseKernel<kApply>(a); });
-    Launch(1, kBlockThreads, [&] {
-      MinClipKernel(layout_.slices.data(), ns_, groups_.data(), sum_sq_.data(), &step_);
-    });
+    PhaseRunner<decltype(launch)> runner(b, launch);
+    EXPECT_TRUE(runner.LocalStep(groups, options.max_grad_norm, sums_.data(), sum_sq_.data()));
     StepResult r;
     r.skipped = step_.skipped != 0;
     r.grad_norm = step_.grad_norm;
