@@ -62,7 +62,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-podman system service --time=0 "$DOCKER_HOST" > "$run/podman-service.log" 2>&1 &
+# Bounded, in case this script is killed before its cleanup runs (ctest's timeout is 2700 s).
+timeout 3000 podman system service --time=0 "$DOCKER_HOST" > "$run/podman-service.log" 2>&1 &
 service_pid=$!
 for _ in $(seq 1 100); do [ -S "$run/podman.sock" ] && break; sleep 0.1; done
 [ -S "$run/podman.sock" ] || { echo "podman system service did not start"; cat "$run/podman-service.log"; exit 1; }
