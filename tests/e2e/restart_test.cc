@@ -360,6 +360,30 @@ TEST_F(MultiNodeTest, KilledNodeLauncherEndsTheOtherNodeWithinTheLease) {
   EXPECT_NE(node0.log().find("came-launch (node 0): "), std::string::npos) << node0.log();
 }
 
+TEST_F(MultiNodeTest, SigtermToEveryNodeCheckpointsAndEveryNodeExitsZero) {
+  testing::TempDir dir("came-multinode");
+  const std::vector<std::string> slow = {"--step-sleep", "0.1"};
+  const std::vector<std::string> lease = {"--lease-seconds", "3", "--grace-period", "20"};
+  Launch node0(dir.path, "node0", NodeArgs(dir.path, 0, lease, slow, 1000));
+  Launch node1(dir.path, "node1", NodeArgs(dir.path, 1, lease, slow, 1000));
+  ASSERT_TRUE(node1.WaitFor("[trainer 3] step 3\n", std::chrono::seconds(60))) << node1.log();
+  // A cluster signals every node; node 1's launcher waits for its trainers to stop.
+  ASSERT_EQ(kill(node1.pid(), SIGTERM), 0);
+  ASSERT_EQ(kill(node0.pid(), SIGTERM), 0);
+  EXPECT_EQ(node0.Wait(std::chrono::seconds(40)), 0) << node0.log();
+  EXPECT_EQ(node1.Wait(std::chrono::seconds(40)), 0) << node1.log();
+  const std::string log1 = node1.log();
+  const size_t at = log1.find("[trainer 3] preempted after step ");
+  ASSERT_NE(at, std::string::npos) << log1;
+  const int step = std::stoi(log1.substr(at + std::strlen("[trainer 3] preempted after step ")));
+  EXPECT_NE(node0.log().find("[trainer 0] preempted after step " + std::to_string(step) + "\n"),
+            std::string::npos)
+      << node0.log();
+  char id[32];
+  std::snprintf(id, sizeof id, "step-%012d", step);
+  EXPECT_TRUE(fs::exists(dir.path / "ckpt" / id / "manifest.json")) << id;
+}
+
 TEST_F(MultiNodeTest, AFailureOnOneNodeRestartsBothAndMatchesOneLauncher) {
   testing::TempDir ref_dir("came-multinode-ref"), dir("came-multinode");
   const Result want = Reference(ref_dir.path, 4);
