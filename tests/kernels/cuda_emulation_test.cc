@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,7 +53,9 @@ class EmulatedCame {
     return n;
   }
 
-  StepResult Step(const std::vector<CameHyper>& groups, const StepOptions& options) {
+  // Returns a PhaseRunner over this object's tables and workspace, launching through the
+  // emulation.
+  auto Runner() {
     PhaseBuffers b;
     b.layout = &layout_;
     b.slices = layout_.slices.data();
@@ -70,7 +73,12 @@ class EmulatedCame {
       Launch(grid, threads, [&] { kernel(args...); });
       return true;
     };
-    PhaseRunner<decltype(launch)> runner(b, launch);
+    return PhaseRunner<decltype(launch)>(b, launch);
+  }
+  int64_t stats_size() const { return layout_.stats_size; }
+
+  StepResult Step(const std::vector<CameHyper>& groups, const StepOptions& options) {
+    auto runner = Runner();
     EXPECT_TRUE(runner.LocalStep(groups, options.max_grad_norm, sums_.data(), sum_sq_.data()));
     StepResult r;
     r.skipped = step_.skipped != 0;
@@ -258,6 +266,76 @@ TEST(CudaEmulationTest, HugeDynamicRangeAndZeroRowsMatchCpu) {
   RunBoth({{{3, 300}, DType::kFloat32, DType::kFloat32}, {{130, 8}, DType::kFloat32, DType::kBFloat16},
            {{2, 3, 5}, DType::kFloat32, DType::kFloat32}},
           3, StepOptions{}, 2, /*nan_step=*/-1, /*hard=*/true);
+}
+
+// The phase API as ranks use it: one tensor split at mid-row points into parts, each with its
+// own copy of the state; the partial sums are completed (summed over the parts, in order)
+// between phases. Equals the whole-tensor step to rounding.
+TEST(CudaEmulationTest, PhaseApiOverRangesStitchedEqualsWholeTensor) {
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{37, 300}, {2, 130, 9}}) {
+    const TensorGeometry geom = TensorGeometry::FromShape(shape);
+    const std::vector<int64_t> cuts = {0, geom.numel / 3 + 1, geom.numel / 3 + 2, geom.numel - 5,
+                                       geom.numel};
+    const int parts = static_cast<int>(cuts.size()) - 1;
+    std::mt19937_64 rng(5);
+    const Spec whole_spec{shape, DType::kFloat32, DType::kFloat32};
+    Buffers whole_b = MakeBuffers(whole_spec, rng);
+    std::vector<Buffers> part_b(parts, whole_b);
+    EmulatedCame whole({SliceOf(whole_spec, whole_b)});
+    std::vector<std::unique_ptr<EmulatedCame>> part;
+    for (int k = 0; k < parts; ++k) {
+      const Spec sp{shape, DType::kFloat32, DType::kFloat32, cuts[k], cuts[k + 1]};
+      part.push_back(std::make_unique<EmulatedCame>(std::vector<TensorSlice>{SliceOf(sp, part_b[k])}));
+    }
+    const int64_t stats = whole.stats_size();
+    std::vector<std::vector<double>> sums(parts, std::vector<double>(stats)),
+        total(parts, std::vector<double>(1)), sum_sq(parts, std::vector<double>(1));
+    auto all_reduce = [&](std::vector<std::vector<double>>& v) {
+      std::vector<double> sum(v[0].size(), 0.0);
+      for (int k = 0; k < parts; ++k)
+        for (size_t i = 0; i < sum.size(); ++i) sum[i] += v[k][i];
+      for (auto& x : v) x = sum;
+    };
+    CameHyper h;
+    h.lr = 1e-2;
+    const std::vector<CameHyper> groups = {h};
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int step = 0; step < 3; ++step) {
+      for (int64_t i = 0; i < geom.numel; ++i)
+        StoreFromFloat(whole_b.grad.data(), DType::kFloat32, i, normal(rng));
+      for (Buffers& b : part_b) std::memcpy(b.grad.data(), whole_b.grad.data(), whole_b.grad.size());
+      whole.Step(groups, StepOptions{});
+      std::vector<decltype(part[0]->Runner())> runners;
+      for (int k = 0; k < parts; ++k) runners.push_back(part[k]->Runner());
+      for (int k = 0; k < parts; ++k) ASSERT_TRUE(runners[k].GradStats(sums[k].data(), total[k].data()));
+      all_reduce(sums);
+      all_reduce(total);
+      for (int k = 0; k < parts; ++k) {
+        ASSERT_TRUE(runners[k].BeginStep(total[k].data(), 0.0));
+        ASSERT_TRUE(runners[k].UpdateSecondMoments(sums[k].data(), groups));
+        ASSERT_TRUE(runners[k].UpdateSquares(sum_sq[k].data()));
+      }
+      all_reduce(sum_sq);
+      for (int k = 0; k < parts; ++k) ASSERT_TRUE(runners[k].Momentum(sum_sq[k].data(), sums[k].data()));
+      all_reduce(sums);
+      for (int k = 0; k < parts; ++k) {
+        ASSERT_TRUE(runners[k].UpdateResiduals(sums[k].data()));
+        ASSERT_TRUE(runners[k].Apply());
+      }
+    }
+    std::vector<double> master(geom.numel), want(whole_b.master.begin(), whole_b.master.end());
+    for (int k = 0; k < parts; ++k) {
+      for (int64_t i = cuts[k]; i < cuts[k + 1]; ++i) {
+        master[i] = part_b[k].master[i];
+        EXPECT_NEAR(part_b[k].exp_avg[i], whole_b.exp_avg[i], 1e-6 * std::fabs(whole_b.exp_avg[i]) + 1e-12);
+      }
+      Expect(part_b[k].sq_row, whole_b.sq_row, 1e-6, "exp_avg_sq_row of part " + std::to_string(k));
+      Expect(part_b[k].sq_col, whole_b.sq_col, 1e-6, "exp_avg_sq_col of part " + std::to_string(k));
+      Expect(part_b[k].res_row, whole_b.res_row, 1e-6, "exp_avg_res_row of part " + std::to_string(k));
+      Expect(part_b[k].res_col, whole_b.res_col, 1e-6, "exp_avg_res_col of part " + std::to_string(k));
+    }
+    EXPECT_LE(ParamError(master, want), 1e-6) << ShapeString(shape);
+  }
 }
 
 TEST(CudaEmulationTest, NonFiniteGradientSkipsEverything) {
