@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cmath>
 
+#include "kernels/step_sequence.h"
 
 namespace came {
 namespace {
@@ -288,32 +289,84 @@ void CpuCame::Apply() {
   team_->Run(body);
 }
 
-LocalStepper::LocalStepper(CpuCame& cpu)
+CpuPhases::CpuPhases(CpuCame& cpu)
     : cpu_(cpu),
       sums_(cpu.stats_size()),
       sum_sq_(cpu.slices().size()),
       clip_(cpu.slices().size()) {}
 
-StepResult LocalStepper::Step(std::span<const CameHyper> groups, const StepOptions& options) {
-  StepResult result;
-  const GradSummary g = cpu_.GradStats(sums_);
-  result.grad_norm = std::sqrt(g.sum_sq);
-  if (!g.finite()) {
-    result.skipped = true;
-    return result;
-  }
-  result.grad_scale = GradNormScale(result.grad_norm, options.max_grad_norm);
-  cpu_.UpdateSecondMoments(sums_, groups, result.grad_scale);
+PhaseStatus CpuPhases::GradStats() {
+  grad_sum_sq_ = cpu_.GradStats(sums_).sum_sq;
+  return {};
+}
+
+PhaseStatus CpuPhases::BeginStep(double max_grad_norm) {
+  decision_ = StepDecision{};
+  decision_.grad_norm = std::sqrt(grad_sum_sq_);
+  decision_.skipped = !std::isfinite(grad_sum_sq_);
+  if (!decision_.skipped) decision_.grad_scale = GradNormScale(decision_.grad_norm, max_grad_norm);
+  return {};
+}
+
+PhaseStatus CpuPhases::ReadDecision(StepDecision* decision) {
+  *decision = decision_;
+  return {};
+}
+
+PhaseStatus CpuPhases::UpdateSecondMoments(std::span<const CameHyper> groups) {
+  if (decision_.skipped) return {};
+  groups_ = groups;
+  cpu_.UpdateSecondMoments(sums_, groups, decision_.grad_scale);
+  return {};
+}
+
+PhaseStatus CpuPhases::UpdateSquares() {
+  if (decision_.skipped) return {};
   cpu_.UpdateSquares(sum_sq_);
+  return {};
+}
+
+PhaseStatus CpuPhases::Momentum() {
+  if (decision_.skipped) return {};
   const auto& slices = cpu_.slices();
+  min_clip_scale_ = 1.0;
   for (size_t i = 0; i < slices.size(); ++i) {
     clip_[i] = ClipScale(sum_sq_[i], static_cast<double>(slices[i].geom.numel),
-                         groups[slices[i].group].clip_threshold);
-    result.min_clip_scale = std::min(result.min_clip_scale, clip_[i]);
+                         groups_[slices[i].group].clip_threshold);
+    min_clip_scale_ = std::min(min_clip_scale_, clip_[i]);
   }
   cpu_.Momentum(clip_, sums_);
+  return {};
+}
+
+PhaseStatus CpuPhases::UpdateResiduals() {
+  if (decision_.skipped) return {};
   cpu_.UpdateResiduals(sums_);
+  return {};
+}
+
+PhaseStatus CpuPhases::Apply() {
+  if (decision_.skipped) return {};
   cpu_.Apply();
+  return {};
+}
+
+PhaseStatus CpuPhases::Finish(double* min_clip_scale) {
+  *min_clip_scale = decision_.skipped ? 1.0 : min_clip_scale_;
+  return {};
+}
+
+LocalStepper::LocalStepper(CpuCame& cpu) : phases_(cpu) {}
+
+StepResult LocalStepper::Step(std::span<const CameHyper> groups, const StepOptions& options) {
+  SequenceResult r;
+  // The CPU phases cannot fail.
+  RunStepSequence(phases_, groups, options.max_grad_norm, nullptr, &r);
+  StepResult result;
+  result.skipped = r.decision.skipped;
+  result.grad_norm = r.decision.grad_norm;
+  result.grad_scale = r.decision.grad_scale;
+  result.min_clip_scale = r.min_clip_scale;
   return result;
 }
 

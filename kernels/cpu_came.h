@@ -15,8 +15,9 @@
 // The eps1 that the reference adds to every g^2 is added to the completed mean instead, and
 // a global gradient scale s (gradient-norm clipping) multiplies g^2 sums by s^2, so phase 1
 // runs before the scale is known. Between phases the caller completes the partial sums of
-// slices that are parts of a larger tensor (a no-op when every slice is a whole tensor);
-// RunLocalStep does the whole sequence for one process.
+// slices that are parts of a larger tensor (a no-op when every slice is a whole tensor).
+// The sequence is written once, in kernels/step_sequence.h, for every backend
+// (Note [Phase backends]); LocalStepper runs it for one process.
 //
 // Memory per step: every phase streams its slices once (g three times in all, m twice, the
 // parameter once); nothing is allocated after construction.
@@ -31,6 +32,7 @@
 #include "kernels/cpu_loops.h"
 #include "kernels/dtype.h"
 #include "kernels/geometry.h"
+#include "kernels/phase_backend.h"
 #include "kernels/thread_pool.h"
 
 namespace came {
@@ -132,8 +134,7 @@ class CpuCame {
   double grad_scale_ = 1.0;
 };
 
-// The hooks RunLocalStep calls between phases to complete partial sums; the default
-// completes nothing (every slice is a whole tensor).
+// Options of a whole local step (LocalStepper, CudaCame::Step).
 struct StepOptions {
   double max_grad_norm = 0.0;  // > 0: clip the global gradient norm like clip_grad_norm_
 };
@@ -145,18 +146,49 @@ struct StepResult {
   double min_clip_scale = 1.0;  // smallest update clip scale over the tensors
 };
 
-// Runs one whole step over slices that are whole tensors (no communication), reusing
-// `scratch` between steps.
+// CpuCame's phases as a PhaseBackend (Note [Phase backends]) over host buffers it owns; the
+// skip decision, the gradient-norm scale and the clip scales are computed on the host.
+class CpuPhases final : public PhaseBackend {
+ public:
+  explicit CpuPhases(CpuCame& cpu);
+
+  CpuCame& cpu() { return cpu_; }
+  MemoryKind memory() const override { return MemoryKind::kHost; }
+  int num_slices() const override { return static_cast<int>(cpu_.slices().size()); }
+  int64_t stats_offset(int i) const override { return cpu_.stats_offset(i); }
+  int64_t stats_size() const override { return cpu_.stats_size(); }
+  PhaseBuffers buffers() override { return {sums_.data(), &grad_sum_sq_, sum_sq_.data()}; }
+
+  PhaseStatus GradStats() override;
+  PhaseStatus BeginStep(double max_grad_norm) override;
+  PhaseStatus ReadDecision(StepDecision* decision) override;
+  PhaseStatus UpdateSecondMoments(std::span<const CameHyper> groups) override;
+  PhaseStatus UpdateSquares() override;
+  PhaseStatus Momentum() override;
+  PhaseStatus UpdateResiduals() override;
+  PhaseStatus Apply() override;
+  PhaseStatus Finish(double* min_clip_scale) override;
+
+ private:
+  CpuCame& cpu_;
+  std::vector<double> sums_;
+  double grad_sum_sq_ = 0.0;
+  std::vector<double> sum_sq_;
+  std::vector<double> clip_;
+  std::span<const CameHyper> groups_;
+  StepDecision decision_;
+  double min_clip_scale_ = 1.0;
+};
+
+// Runs one whole step over slices that are whole tensors (no communication): the step
+// sequence (kernels/step_sequence.h) on CpuPhases, reusing its buffers between steps.
 class LocalStepper {
  public:
   explicit LocalStepper(CpuCame& cpu);
   StepResult Step(std::span<const CameHyper> groups, const StepOptions& options);
 
  private:
-  CpuCame& cpu_;
-  std::vector<double> sums_;
-  std::vector<double> sum_sq_;
-  std::vector<double> clip_;
+  CpuPhases phases_;
 };
 
 }  // namespace came

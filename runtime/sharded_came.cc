@@ -7,12 +7,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/hyper_check.h"
+#include "kernels/step_sequence.h"
 
 namespace came {
 namespace {
 
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+absl::Status ToStatus(const PhaseStatus& s) {
+  switch (s.code) {
+    case PhaseStatus::kOk: return absl::OkStatus();
+    case PhaseStatus::kInvalidArgument: return absl::InvalidArgumentError(s.message);
+    case PhaseStatus::kFailedPrecondition: return absl::FailedPreconditionError(s.message);
+    case PhaseStatus::kUnavailable: return absl::UnavailableError(s.message);
+    case PhaseStatus::kInternal: return absl::InternalError(s.message);
+  }
+  return absl::InternalError(s.message);
 }
 
 }  // namespace
@@ -31,6 +43,43 @@ comm::ElemType ElemTypeOf(DType t) {
   }
   return comm::ElemType::kFloat32;
 }
+
+// The completions between phases (kernels/step_sequence.h): all-reduces of the packed partial
+// sums of split tensors, the first also carrying the sum of g^2 and the stop votes.
+class ShardedCame::Completer final : public SumCompleter {
+ public:
+  Completer(ShardedCame& engine, bool stop_vote) : engine_(engine), stop_vote_(stop_vote) {}
+  PhaseStatus Complete(SumKind kind) override {
+    PhaseBuffers b = engine_.backend_->buffers();
+    absl::Status s;
+    if (kind == SumKind::kGradStats) {
+      // {sum of g^2, stop votes}: Note [Stop requests] in runtime/service/coordinator.h.
+      double extra[2] = {*b.grad_sum_sq, stop_vote_ ? 1.0 : 0.0};
+      s = engine_.CompleteSums({b.sums, static_cast<size_t>(engine_.backend_->stats_size())}, 0,
+                               extra, engine_.options_.collective_timeout);
+      *b.grad_sum_sq = extra[0];
+      stop_voted_ = extra[1] > 0;
+    } else if (kind == SumKind::kSquares) {
+      s = engine_.CompleteSums({b.sum_sq, engine_.pieces_.size()}, 1, {},
+                               engine_.options_.collective_timeout);
+    } else {
+      s = engine_.CompleteSums({b.sums, static_cast<size_t>(engine_.backend_->stats_size())}, 2,
+                               {}, engine_.options_.collective_timeout);
+    }
+    if (s.ok()) return {};
+    status_ = s;
+    return {PhaseStatus::kInternal, std::string(s.message())};
+  }
+  bool stop_voted() const { return stop_voted_; }
+  // The communicator's status of a failed completion.
+  const absl::Status& status() const { return status_; }
+
+ private:
+  ShardedCame& engine_;
+  const bool stop_vote_;
+  bool stop_voted_ = false;
+  absl::Status status_;
+};
 
 struct ShardedCame::Piece {
   ShardPiece piece;
@@ -140,9 +189,7 @@ absl::Status ShardedCame::Init() {
     slices.push_back(s);
   }
   cpu_ = std::make_unique<CpuCame>(std::move(slices), options_.num_threads);
-  sums_.assign(cpu_->stats_size(), 0.0);
-  sum_sq_.assign(pieces_.size(), 0.0);
-  clip_.assign(pieces_.size(), 1.0);
+  backend_ = std::make_unique<CpuPhases>(*cpu_);
 
   // Packed layout of split tensors' partial sums (Note [Split tensors]).
   split_offset_.assign(plan_.tensors.size(), -1);
@@ -187,7 +234,7 @@ absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind,
       packed_[base + split_index(t)] = local[i];
     } else {
       const int64_t n = plan_.tensors[t].geom.stats_size();
-      std::copy_n(&local[cpu_->stats_offset(i)], n, &packed_[base + split_offset_[t]]);
+      std::copy_n(&local[backend_->stats_offset(i)], n, &packed_[base + split_offset_[t]]);
     }
   });
   absl::Status s = comm_->AllReduce(packed_.data(), size, comm::ElemType::kFloat64,
@@ -199,7 +246,7 @@ absl::Status ShardedCame::CompleteSums(std::span<double> local, int kind,
       local[i] = packed_[base + split_index(t)];
     } else {
       const int64_t n = plan_.tensors[t].geom.stats_size();
-      std::copy_n(&packed_[base + split_offset_[t]], n, &local[cpu_->stats_offset(i)]);
+      std::copy_n(&packed_[base + split_offset_[t]], n, &local[backend_->stats_offset(i)]);
     }
   });
   return absl::OkStatus();
@@ -272,54 +319,24 @@ absl::StatusOr<EngineStepStats> ShardedCame::Step(const StepInputs& inputs) {
   }
   out.seconds.reduce_scatter = SecondsSince(t0);
 
-  // 3-4. Statistics of g^2, with the global sum of g^2 in the same all-reduce.
-  t0 = Clock::now();
-  // {sum of g^2, stop votes}: Note [Stop requests] in runtime/service/coordinator.h.
-  double extra[2] = {cpu_->GradStats(sums_).sum_sq, inputs.stop_vote ? 1.0 : 0.0};
-  out.seconds.kernels += SecondsSince(t0);
-  t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sums_, 0, extra, timeout); !s.ok()) return fail(s);
-  out.seconds.stats_all_reduce += SecondsSince(t0);
-  const double sum_sq = extra[0];
-  out.stop_voted = extra[1] > 0;
-  out.grad_norm = std::sqrt(sum_sq);
-  if (!std::isfinite(sum_sq)) {
+  // 3-7. The phases and the completions of split tensors' sums (kernels/step_sequence.h).
+  Completer completer(*this, inputs.stop_vote);
+  SequenceResult r;
+  if (PhaseStatus ps = RunStepSequence(*backend_, step_groups_, max_grad_norm, &completer, &r);
+      !ps.ok())
+    return fail(completer.status().ok() ? ToStatus(ps) : completer.status());
+  out.seconds.kernels = r.kernel_seconds;
+  out.seconds.stats_all_reduce = r.complete_seconds;
+  out.stop_voted = completer.stop_voted();
+  out.grad_norm = r.decision.grad_norm;
+  if (r.decision.skipped) {
     out.skipped = true;
     out.seconds.total = SecondsSince(t_start);
     last_step_ = inputs.step;
     return out;
   }
-  out.grad_scale = GradNormScale(out.grad_norm, max_grad_norm);
-
-  t0 = Clock::now();
-  cpu_->UpdateSecondMoments(sums_, step_groups_, out.grad_scale);
-  cpu_->UpdateSquares(sum_sq_);
-  out.seconds.kernels += SecondsSince(t0);
-
-  // 5. Sums of u^2 of split tensors, then the clip scale of every tensor.
-  t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sum_sq_, 1, {}, timeout); !s.ok()) return fail(s);
-  out.seconds.stats_all_reduce += SecondsSince(t0);
-  for (size_t i = 0; i < pieces_.size(); ++i) {
-    const auto& t = plan_.tensors[pieces_[i].piece.tensor];
-    clip_[i] = ClipScale(sum_sq_[i], static_cast<double>(t.geom.numel),
-                         step_groups_[t.spec.group].clip_threshold);
-    out.min_clip_scale = std::min(out.min_clip_scale, clip_[i]);
-  }
-
-  // 6. Momentum and residual statistics.
-  t0 = Clock::now();
-  cpu_->Momentum(clip_, sums_);
-  out.seconds.kernels += SecondsSince(t0);
-  t0 = Clock::now();
-  if (absl::Status s = CompleteSums(sums_, 2, {}, timeout); !s.ok()) return fail(s);
-  out.seconds.stats_all_reduce += SecondsSince(t0);
-
-  // 7. Residual EMAs and the parameter update of this chunk.
-  t0 = Clock::now();
-  cpu_->UpdateResiduals(sums_);
-  cpu_->Apply();
-  out.seconds.kernels += SecondsSince(t0);
+  out.grad_scale = r.decision.grad_scale;
+  out.min_clip_scale = r.min_clip_scale;
 
   // 8. All-gather of the parameter chunks, in the parameters' dtype.
   t0 = Clock::now();

@@ -27,18 +27,29 @@
 // EngineOptions::reduce_in_float32 reduces 16-bit gradients in float32 instead.
 //
 // Note [Step rounds]
-// Every collective call of the engine (Step, ExportState) opens with one small all-reduce,
-// the round header, so that the ranks agree on what they do before any state changes. It
-// carries (kind, valid, last step, step, max_grad_norm, every group's hyperparameters), each
-// value v as (v, -v) reduced with max, so every rank learns each value's max and min.
-//  - If any rank exports, the round is an export round: every rank contributes its shard
-//    (ExportState's layout); a rank whose call is a Step serves the export and then opens
-//    the next round for its step. So a trainer may call ExportState alone (only rank 0
-//    saving, as in Hugging Face Trainer under torch.distributed): the others serve it from
-//    their next Step.
-//  - In a step round, a rank whose inputs are invalid sends valid = 0, and any value whose
-//    min and max differ (step number, lr, betas, ...) is a disagreement: every rank fails the
-//    step with InvalidArgument naming the value, and nothing changes anywhere.
+// Every collective sequence of the engine and of rankd (Step, ExportState, a checkpoint's
+// save and load, a detach: RoundKind) opens with one small all-reduce, the round header, so
+// that the ranks agree on what they do before any state changes and no collective pairs
+// with another kind's. It carries, per kind, the lowest rank calling it, its step and the
+// lowest rank refusing it, then (last step, step, max_grad_norm, every group's
+// hyperparameters); each value v as (v, -v) reduced with max, so every rank learns each
+// value's max and min.
+//  - If any rank exports and every other rank exports or steps, the round is an export
+//    round: every rank contributes its shard (ExportState's layout); a rank whose call is a
+//    Step serves the export and then opens the next round for its step. So a trainer may
+//    call ExportState alone (only rank 0 saving, as in Hugging Face Trainer under
+//    torch.distributed): the others serve it from their next Step.
+//  - Any other mix of kinds (an export against a save, load or detach; a step against a
+//    save; ...) fails the call on every rank at once with FailedPrecondition naming each
+//    kind with its lowest rank and step; nothing changes. A detaching rank thus fails the
+//    others' pending export or step at once instead of leaving them to the deadline.
+//  - A rank that refuses its own call (invalid step inputs, a step out of order, a save of
+//    the wrong step, no room for the state) still joins the round, marked refused: every
+//    rank fails that call together, the refusing rank with its own error, the others naming
+//    it (InvalidArgument for a step, FailedPrecondition otherwise), and nothing changes.
+//  - Steps and exports require every rank to hold the state of the same step, and a step
+//    round compares every value (step number, lr, betas, ...): a disagreement fails the step
+//    on every rank with InvalidArgument naming the value. A save round compares the step.
 //
 // Thread-safety: Step and the state accessors must be called from one thread at a time.
 #pragma once
@@ -66,6 +77,12 @@ absl::Status ValidateHyper(const CameHyper& h, size_t g);
 
 // Returns the communicator element type of a parameter dtype.
 comm::ElemType ElemTypeOf(DType t);
+
+// The collective call a round opens (Note [Step rounds]).
+enum class RoundKind { kStep = 0, kExport, kSave, kLoad, kDetach };
+inline constexpr int kRoundKinds = 5;
+// Returns how messages name a kind ("step", "export", "save", "load", "detach").
+const char* RoundKindName(RoundKind kind);
 
 struct EngineOptions {
   std::vector<CameHyper> groups;   // hyperparameters per parameter group (index = group)
@@ -181,6 +198,17 @@ class ShardedCame {
   // next Step (Note [Step rounds]). FailedPrecondition when the ranks hold the state of
   // different steps; a communicator failure breaks the engine as in Step.
   absl::Status ExportState(std::span<float> out);
+  // Opens a round of `kind` (Note [Step rounds]) for a collective sequence that runs
+  // outside the engine (rankd's checkpoint save and load, a detach), or joins a round of any
+  // kind refusing this rank's call: `refusal` is this rank's verdict on its call (OK: valid;
+  // step and export rounds open validly only through Step and ExportState). `step` is the
+  // step the call concerns, named in messages and compared in save rounds. Returns OK when
+  // every rank opened a valid round of this kind (the caller then runs its collectives);
+  // else the same failure on every rank at once, as the Note says, `refusal` itself on the
+  // refusing rank. A refused step still serves other ranks' exports. A communicator failure
+  // breaks the engine as in Step.
+  absl::Status OpenRound(RoundKind kind, int64_t step,
+                         const absl::Status& refusal = absl::OkStatus());
   // Replaces this rank's state with its part of `in`, a whole state in StateLayoutOf(plan())
   // (from any world size), which follows step `step`; low-precision parameters' fp32 master
   // copy restarts from the parameter buffer. Not collective. InvalidArgument naming the
@@ -192,13 +220,18 @@ class ShardedCame {
 
  private:
   struct Piece;  // one ShardPiece with its state buffers
+  class Completer;  // the completions between phases (kernels/step_sequence.h)
   ShardedCame(const ShardPlan& plan, comm::Communicator* comm, void* params, void* grads,
               EngineOptions options);
   absl::Status Init();
-  // Runs rounds (Note [Step rounds]) until one of this call's kind: serves the export rounds
-  // in between when this call is a step. `inputs` is null for an export; `error` is this
-  // rank's verdict on its own inputs ("" when valid). Defined in sharded_came_state.cc.
+  // Opens Step's round: `error` is this rank's verdict on its own inputs ("" when valid).
+  // Defined, as the rest of the rounds, in sharded_came_state.cc.
   absl::Status Round(const StepInputs* inputs, const std::string& error, std::span<float> out);
+  // Runs rounds (Note [Step rounds]) until one of this call's kind: serves the export rounds
+  // in between when this call is a step. `inputs`: the step's (kStep), else null; `out`: an
+  // export's buffer.
+  absl::Status Round(RoundKind kind, int64_t step, const StepInputs* inputs,
+                     const absl::Status& refusal, std::span<float> out);
   absl::Status GatherState(std::span<float> out, bool whole);
   absl::Status CompleteSums(std::span<double> local, int kind, std::span<double> extra,
                             absl::Duration timeout);
@@ -216,8 +249,8 @@ class ShardedCame {
   std::vector<float> grad_f32_;          // reduce_in_float32: the gradients in float32
   std::vector<float> master_;            // chunk_size floats when params are low precision
   std::unique_ptr<CpuCame> cpu_;
+  std::unique_ptr<PhaseBackend> backend_;  // cpu_'s phases (Note [Phase backends])
   // Step scratch (no allocation per step).
-  std::vector<double> sums_, sum_sq_, clip_;
   std::vector<double> packed_;           // split-tensor partial sums, plan order
   std::vector<int64_t> split_offset_;    // per split tensor: offset in packed_ (stats)
   int64_t packed_stats_size_ = 0;
