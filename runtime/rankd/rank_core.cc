@@ -363,10 +363,19 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
     const bool every = options_.checkpoint_every > 0 && call.step % options_.checkpoint_every == 0;
     if (checkpoints_.begin && (every || out.stats.stop_voted)) {
       auto saved = SaveOnWorker(call.step);
-      if (!saved.ok())
+      // A failed save fails on every rank alike (the coordinator aborts the checkpoint for
+      // all). The state after a stop vote must reach disk, so that failure ends the Step; an
+      // automatic save that fails is reported and training goes on (the next one retries).
+      if (!saved.ok() && out.stats.stop_voted)
         return done(absl::Status(saved.status().code(),
                                  absl::StrCat("step ", call.step, " was taken but its checkpoint "
                                               "failed: ", saved.status().message())));
+      if (!saved.ok()) {
+        out.checkpoint_error = absl::StrCat("the automatic checkpoint of step ", call.step,
+                                            " failed: ", saved.status().ToString());
+        std::fprintf(stderr, "came-rankd: rank %d: %s; training goes on\n", options_.rank,
+                     out.checkpoint_error.c_str());
+      }
     }
     if (out.stats.stop_voted) a.stopped_after = call.step;
     done(std::move(out));

@@ -87,6 +87,8 @@ struct StepOutcome {
   // was not run, nothing changed, and the state after step `stopped_after` is checkpointed.
   bool stopped = false;
   int64_t stopped_after = 0;
+  // The automatic checkpoint of this step failed (the step was taken): why; empty otherwise.
+  std::string checkpoint_error;
 };
 
 // How a rank takes part in a checkpoint through the coordinator (Note [Checkpoint layout] in

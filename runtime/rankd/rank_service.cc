@@ -146,6 +146,7 @@ grpc::ServerUnaryReactor* RankService::Step(grpc::CallbackServerContext* ctx,
       t->set_total_seconds(s.seconds.total);
       StateBytesToProto(out->state_bytes, resp->mutable_state_bytes());
       resp->set_bytes_sent(s.bytes_reduce_scatter + s.bytes_stats + s.bytes_all_gather);
+      resp->set_checkpoint_error(out->checkpoint_error);
       reactor->Finish(grpc::Status::OK);
     });
   });

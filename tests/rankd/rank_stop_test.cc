@@ -94,6 +94,8 @@ class RankStopTest : public ::testing::Test {
     };
     h.report = [this, rank](const std::string& id, const std::string& file, int64_t bytes,
                             const std::string& sha) {
+      if (rank == failing_rank_.load())
+        return absl::ResourceExhaustedError("no space left on device (injected)");
       return coord_->ReportShard(service::ShardReport{id, rank, file, bytes, sha});
     };
     h.commit = [this, rank](const std::string& id) -> absl::StatusOr<std::string> {
@@ -147,6 +149,7 @@ class RankStopTest : public ::testing::Test {
     return service::CommittedCheckpointSteps((dir_.path / "ckpt").string());
   }
 
+  std::atomic<int> failing_rank_{-1};  // this rank's shard reports fail (a full disk)
   came::testing::TempDir dir_{"came-rank-stop"};
   std::unique_ptr<service::Coordinator> coord_;
   std::vector<std::unique_ptr<RankCore>> cores_;
@@ -171,6 +174,29 @@ TEST_F(RankStopTest, EveryNthStepIsSavedAndASecondSaveOfItReturnsTheFirst) {
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ(s->id, "step-000000000009");
   }
+}
+
+// An automatic save that fails on one rank (its disk is full) is reported by every rank's
+// Step, whose step was taken; training goes on and the next automatic save commits.
+TEST_F(RankStopTest, AFailedAutomaticSaveIsReportedAndTrainingGoesOn) {
+  Start(/*checkpoint_every=*/2);
+  for (const auto& out : StepAll(1)) ASSERT_TRUE(out.ok()) << out.status();
+  failing_rank_ = 1;
+  for (const auto& out : StepAll(2)) {
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_THAT(out->checkpoint_error, ::testing::HasSubstr("automatic checkpoint of step 2"));
+  }
+  EXPECT_TRUE(Committed().empty());
+  failing_rank_ = -1;
+  for (const auto& out : StepAll(3)) {
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->checkpoint_error, "");
+  }
+  for (const auto& out : StepAll(4)) {
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->checkpoint_error, "");
+  }
+  EXPECT_THAT(Committed(), ElementsAre(4));
 }
 
 TEST_F(RankStopTest, AStopRequestedOnOneRankStopsEveryRankAfterTheSameSavedStep) {

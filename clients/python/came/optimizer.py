@@ -24,6 +24,7 @@ checkpoints (save_checkpoint() / load_checkpoint()) also keep the fp32 master co
 """
 
 import dataclasses
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -54,6 +55,7 @@ class StepStats:
     timings: Dict[str, float]                    # phase -> seconds
     state_bytes: Optional[Dict[str, int]] = None  # optimizer state on this rank, by kind
     bytes_sent: int = 0                          # collective payload this rank sent
+    checkpoint_error: str = ""                   # the step's automatic checkpoint failed: why
 
     @classmethod
     def from_proto(cls, r):
@@ -63,7 +65,7 @@ class StepStats:
                    timings={f.name[:-len("_seconds")]: getattr(r.timings, f.name)
                             for f in r.timings.DESCRIPTOR.fields},
                    state_bytes=state_bytes_of(r),
-                   bytes_sent=r.bytes_sent)
+                   bytes_sent=r.bytes_sent, checkpoint_error=r.checkpoint_error)
 
 
 def state_bytes_of(message):
@@ -290,6 +292,9 @@ class ShardedCAME(Optimizer):
             self._step = response.step  # not taken: the checkpoint is of the step before
             raise Preempted(response.step)
         self.last_step_stats = StepStats.from_proto(response)
+        if response.checkpoint_error:
+            # The step was taken; the next automatic checkpoint tries again.
+            warnings.warn("came: %s" % response.checkpoint_error, RuntimeWarning, stacklevel=2)
         return loss
 
     def state_dict(self):
