@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/sharded_came.h"
@@ -10,11 +11,19 @@
 namespace came {
 namespace {
 
-// Round kinds (header slot kKind).
-constexpr double kStepRound = 0, kExportRound = 1;
-
-// Header slots before the per-group values.
-enum Slot { kKind = 0, kValid, kLastStep, kStep, kMaxGradNorm, kFixedSlots };
+// Header slots before the per-group values: per round kind, the lowest rank calling it, its
+// lowest step and the lowest rank refusing it (kNone / the world size: none), then the
+// values a step round compares (Note [Step rounds]).
+enum Slot {
+  kLastStep = 0,
+  kKindRank,
+  kKindStep = kKindRank + kRoundKinds,
+  kKindRefuser = kKindStep + kRoundKinds,
+  kStep = kKindRefuser + kRoundKinds,
+  kMaxGradNorm,
+  kFixedSlots
+};
+constexpr double kNone = std::numeric_limits<double>::max();
 constexpr int kValuesPerGroup = 8;
 constexpr const char* kGroupValueNames[kValuesPerGroup] = {
     "lr", "eps1", "eps2", "clip_threshold", "beta1", "beta2", "beta3", "weight_decay"};
@@ -46,6 +55,17 @@ std::string Number(double v) {
 
 }  // namespace
 
+const char* RoundKindName(RoundKind kind) {
+  switch (kind) {
+    case RoundKind::kStep: return "step";
+    case RoundKind::kExport: return "export";
+    case RoundKind::kSave: return "save";
+    case RoundKind::kLoad: return "load";
+    case RoundKind::kDetach: return "detach";
+  }
+  return "unknown";
+}
+
 StateLayout ShardedCame::StateLayoutOf(const ShardPlan& plan) {
   StateLayout l;
   l.exp_avg = 0;
@@ -64,26 +84,53 @@ StateLayout ShardedCame::StateLayoutOf(const ShardPlan& plan) {
 
 absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& error,
                                 std::span<float> out) {
-  const bool exporting = inputs == nullptr;
+  const absl::Status refusal =
+      error.empty() ? absl::OkStatus()
+                    : absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
+  return Round(RoundKind::kStep, inputs->step, inputs, refusal, out);
+}
+
+absl::Status ShardedCame::OpenRound(RoundKind kind, int64_t step, const absl::Status& refusal) {
+  if (broken_)
+    return absl::FailedPreconditionError(
+        "the engine is unusable after a failed collective; restart from a checkpoint");
+  if ((kind == RoundKind::kStep || kind == RoundKind::kExport) && refusal.ok())
+    return absl::InternalError("step and export rounds open validly only through Step and "
+                               "ExportState");
+  StepInputs in;
+  in.step = step;
+  return Round(kind, step, kind == RoundKind::kStep ? &in : nullptr, refusal, {});
+}
+
+absl::Status ShardedCame::Round(RoundKind kind, int64_t step, const StepInputs* inputs,
+                                const absl::Status& refusal, std::span<float> out) {
+  const bool exporting = kind == RoundKind::kExport;
   if (plan_.world_size == 1) {
-    if (!error.empty())
-      return absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
+    if (!refusal.ok()) return refusal;
     return exporting ? GatherState(out, true) : absl::OkStatus();
   }
+  const double world = plan_.world_size;
   const size_t n = kFixedSlots + kValuesPerGroup * options_.groups.size();
-  header_.assign(2 * n, 0.0);
-  double* v = header_.data();
-  v[kKind] = exporting ? kExportRound : kStepRound;
-  v[kValid] = error.empty() ? 1 : 0;
-  v[kLastStep] = static_cast<double>(last_step_);
-  if (!exporting) {
-    v[kStep] = static_cast<double>(inputs->step);
-    v[kMaxGradNorm] = inputs->max_grad_norm.value_or(options_.max_grad_norm);
-    for (size_t g = 0; g < step_groups_.size(); ++g)
-      GroupValues(step_groups_[g], v + kFixedSlots + kValuesPerGroup * g);
-  }
-  while (true) {
+  auto open = [&] {
+    header_.assign(2 * n, 0.0);
+    double* v = header_.data();
+    for (int k = 0; k < kRoundKinds; ++k) {
+      const bool mine = k == static_cast<int>(kind);
+      v[kKindRank + k] = mine ? rank_ : world;
+      v[kKindStep + k] = mine ? static_cast<double>(step) : kNone;
+      v[kKindRefuser + k] = mine && !refusal.ok() ? rank_ : world;
+    }
+    v[kLastStep] = static_cast<double>(last_step_);
+    v[kStep] = static_cast<double>(step);
+    if (inputs != nullptr) {
+      v[kMaxGradNorm] = inputs->max_grad_norm.value_or(options_.max_grad_norm);
+      for (size_t g = 0; g < step_groups_.size(); ++g)
+        GroupValues(step_groups_[g], v + kFixedSlots + kValuesPerGroup * g);
+    }
     for (size_t i = 0; i < n; ++i) header_[n + i] = -header_[i];
+  };
+  while (true) {
+    open();
     if (absl::Status s = comm_->AllReduce(header_.data(), 2 * n, comm::ElemType::kFloat64,
                                           comm::ReduceOp::kMax, options_.collective_timeout);
         !s.ok()) {
@@ -92,37 +139,71 @@ absl::Status ShardedCame::Round(const StepInputs* inputs, const std::string& err
     }
     auto max_of = [&](size_t i) { return header_[i]; };
     auto min_of = [&](size_t i) { return -header_[n + i]; };
-    if (min_of(kLastStep) != max_of(kLastStep))
+    auto first_rank = [&](RoundKind k) { return min_of(kKindRank + static_cast<int>(k)); };
+    auto refuser = [&](RoundKind k) { return min_of(kKindRefuser + static_cast<int>(k)); };
+    auto present = [&](RoundKind k) { return first_rank(k) < world; };
+    int kinds = 0;
+    for (int k = 0; k < kRoundKinds; ++k) kinds += present(static_cast<RoundKind>(k)) ? 1 : 0;
+    const bool export_round =
+        present(RoundKind::kExport) && kinds == (present(RoundKind::kStep) ? 2 : 1);
+    if (kinds > 1 && !export_round) {
+      std::string calls;
+      for (int k = 0; k < kRoundKinds; ++k) {
+        const auto kk = static_cast<RoundKind>(k);
+        if (!present(kk)) continue;
+        absl::StrAppend(&calls, calls.empty() ? "" : ", ", RoundKindName(kk), " on rank ",
+                        Number(first_rank(kk)), " (step ", Number(min_of(kKindStep + k)), ")");
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the ranks' collective calls do not pair up: ", calls,
+          "; every rank must make the same call (an export pairs only with exports and "
+          "steps); nothing changed"));
+    }
+    const RoundKind round = export_round ? RoundKind::kExport : kind;
+    if (round != RoundKind::kLoad && round != RoundKind::kDetach &&
+        min_of(kLastStep) != max_of(kLastStep))
       return absl::FailedPreconditionError(absl::StrCat(
           "the ranks hold the optimizer state of different steps (", Number(min_of(kLastStep)),
           " and ", Number(max_of(kLastStep)), "): load the same state on every rank"));
-    if (max_of(kKind) == kExportRound) {
-      if (exporting) return GatherState(out, true);
-      // Serve another rank's export (only the factored statistics' sum needs room here),
-      // then open this step's round again.
-      std::vector<float> scratch(StateLayoutOf(plan_).size - 2 * plan_.used_size);
-      if (absl::Status s = GatherState(scratch, false); !s.ok()) return s;
-      v[kKind] = kStepRound;
-      v[kValid] = error.empty() ? 1 : 0;
-      v[kLastStep] = static_cast<double>(last_step_);
-      v[kStep] = static_cast<double>(inputs->step);
-      v[kMaxGradNorm] = inputs->max_grad_norm.value_or(options_.max_grad_norm);
-      for (size_t g = 0; g < step_groups_.size(); ++g)
-        GroupValues(step_groups_[g], v + kFixedSlots + kValuesPerGroup * g);
+    if (round == RoundKind::kExport) {
+      const bool refused = refuser(RoundKind::kExport) < world;
+      if (exporting) {
+        if (!refusal.ok()) return refusal;
+        if (refused)
+          return absl::FailedPreconditionError(absl::StrCat(
+              "rank ", Number(refuser(RoundKind::kExport)), " refused the export of the state "
+              "after step ", last_step_, " (its error says why); nothing was exported"));
+        return GatherState(out, true);
+      }
+      if (!refused) {
+        // Serve another rank's export (only the factored statistics' sum needs room here),
+        // then open this step's round again.
+        std::vector<float> scratch(StateLayoutOf(plan_).size - 2 * plan_.used_size);
+        if (absl::Status s = GatherState(scratch, false); !s.ok()) return s;
+      }
       continue;
     }
-    if (!error.empty())
-      return absl::InvalidArgumentError(absl::StrCat("step ", inputs->step, ": ", error));
-    if (min_of(kValid) == 0)
-      return absl::InvalidArgumentError(absl::StrCat(
-          "step ", inputs->step,
-          ": another rank refused its step inputs (its error names the value); nothing changed"));
-    for (size_t i = kStep; i < n; ++i)
+    if (!refusal.ok()) return refusal;
+    if (refuser(round) < world) {
+      const std::string who = Number(refuser(round));
+      if (round == RoundKind::kStep)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "step ", step, ": rank ", who,
+            " refused its step inputs (its error names the value); nothing changed"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", who, " refused the ", RoundKindName(round), " (step ", step,
+          "; its error says why); nothing changed"));
+    }
+    const size_t compared_end = round == RoundKind::kStep   ? n
+                                : round == RoundKind::kSave ? kStep + 1
+                                                            : kStep;
+    for (size_t i = kStep; i < compared_end; ++i)
       if (min_of(i) != max_of(i))
         return absl::InvalidArgumentError(absl::StrCat(
-            "step ", inputs->step, ": the ranks disagree on ", SlotName(i), " (",
-            Number(min_of(i)), " on one rank, ", Number(max_of(i)),
-            " on another): every rank must send the same step scalars; nothing changed"));
+            round == RoundKind::kStep ? absl::StrCat("step ", step, ": ") : "",
+            "the ranks disagree on ", SlotName(i), " (", Number(min_of(i)), " on one rank, ",
+            Number(max_of(i)), " on another): every rank must send the same ",
+            round == RoundKind::kStep ? "step scalars" : "values", "; nothing changed"));
     return absl::OkStatus();
   }
 }
@@ -178,7 +259,7 @@ absl::Status ShardedCame::ExportState(std::span<float> out) {
   if (broken_)
     return absl::FailedPreconditionError(
         "the engine is unusable after a failed collective; restart from a checkpoint");
-  return Round(nullptr, "", out);
+  return Round(RoundKind::kExport, last_step_, nullptr, absl::OkStatus(), out);
 }
 
 absl::Status ShardedCame::ImportState(std::span<const float> in, int64_t step) {

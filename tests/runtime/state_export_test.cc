@@ -24,10 +24,11 @@ using testing::StepLr;
 using testing::TestGroups;
 using testing::TestModel;
 
-std::unique_ptr<LocalCluster> MakeCluster(int world) {
+std::unique_ptr<LocalCluster> MakeCluster(int world,
+                                          absl::Duration timeout = absl::Seconds(60)) {
   EngineOptions o;
   o.groups = TestGroups();
-  o.collective_timeout = absl::Seconds(60);
+  o.collective_timeout = timeout;
   const auto specs = TestModel();
   auto c = LocalCluster::Create(specs, world, /*alignment=*/1, InitialParams(specs), o);
   EXPECT_TRUE(c.ok()) << c.status();
@@ -247,7 +248,7 @@ TEST(StepRounds, InvalidInputsOnOneRankFailTheStepEverywhere) {
   EXPECT_EQ(statuses[1].code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(statuses[1].message(), "step 1: parameter group 0: eps must be > 0, got eps1=0");
   EXPECT_EQ(statuses[0].code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(statuses[0].message()), HasSubstr("another rank refused its step inputs"));
+  EXPECT_THAT(std::string(statuses[0].message()), HasSubstr("step 1: rank 1 refused its step inputs"));
   RunSteps(*c, 1, 1, 0);
 }
 
@@ -282,6 +283,158 @@ TEST(StepRounds, EveryHyperparameterMayChangeBetweenSteps) {
   ASSERT_TRUE(b->Step(grads, in).ok());
   EXPECT_NE(a->Param(0), b->Param(0));
   EXPECT_NE(*a->State(0), *b->State(0));
+}
+
+// Rounds of different kinds, and refused calls, fail on every rank at once: well within the
+// collective deadline, with nothing changed, and the engines keep working.
+constexpr absl::Duration kDeadline = absl::Seconds(30);
+constexpr absl::Duration kPrompt = absl::Seconds(5);  // a small fraction of kDeadline
+
+struct Timed {
+  std::vector<absl::Status> statuses;
+  absl::Duration took;
+};
+
+Timed OnRanksTimed(int world, const std::function<absl::Status(int)>& fn) {
+  const absl::Time start = absl::Now();
+  Timed t{OnRanks(world, fn), absl::ZeroDuration()};
+  t.took = absl::Now() - start;
+  return t;
+}
+
+class RoundKindsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_ = MakeCluster(2, kDeadline);
+    ASSERT_NE(c_, nullptr);
+    RunSteps(*c_, 1, 2, 0);
+    state_ = ExportAll(*c_)[0];
+    param_ = c_->Param(0);
+  }
+  // Checks that nothing changed and that steps 3 and 4 still run on every rank.
+  void ExpectUnchangedAndWorking() {
+    EXPECT_EQ(ExportAll(*c_)[0], state_);
+    EXPECT_EQ(c_->Param(0), param_);
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(c_->engine(r).last_step(), 2);
+    RunSteps(*c_, 3, 4, 0);
+    EXPECT_NE(c_->Param(0), param_);
+  }
+  std::vector<float> Buffer() const {
+    return std::vector<float>(ShardedCame::StateLayoutOf(c_->plan()).size);
+  }
+  std::unique_ptr<LocalCluster> c_;
+  std::vector<float> state_;
+  std::vector<double> param_;
+};
+
+TEST_F(RoundKindsTest, AnExportAgainstASaveOrALoadOrADetachFailsBothAtOnce) {
+  for (RoundKind other : {RoundKind::kSave, RoundKind::kLoad, RoundKind::kDetach}) {
+    SCOPED_TRACE(RoundKindName(other));
+    std::vector<float> out = Buffer();
+    const Timed t = OnRanksTimed(2, [&](int r) {
+      return r == 0 ? c_->engine(0).ExportState(out) : c_->engine(1).OpenRound(other, 2);
+    });
+    EXPECT_LT(t.took, kPrompt);
+    for (const absl::Status& s : t.statuses) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+      EXPECT_THAT(std::string(s.message()),
+                  HasSubstr(absl::StrCat("do not pair up: export on rank 0 (step 2), ",
+                                         RoundKindName(other), " on rank 1 (step 2)")));
+    }
+  }
+  ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, AStepAgainstASaveFailsBothAtOnceNamingTheSteps) {
+  const Timed t = OnRanksTimed(2, [&](int r) {
+    return r == 0 ? c_->engine(0).Step(StepInputs{3, StepLr(3)}).status()
+                  : c_->engine(1).OpenRound(RoundKind::kSave, 2);
+  });
+  EXPECT_LT(t.took, kPrompt);
+  for (const absl::Status& s : t.statuses) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("step on rank 0 (step 3), save on rank 1 (step 2)"));
+  }
+  ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, MatchingRoundsOpenAndASaveComparesTheStep) {
+  for (RoundKind k : {RoundKind::kSave, RoundKind::kLoad, RoundKind::kDetach})
+    for (const absl::Status& s : OnRanks(2, [&](int r) { return c_->engine(r).OpenRound(k, 2); }))
+      EXPECT_TRUE(s.ok()) << RoundKindName(k) << ": " << s;
+  const Timed t = OnRanksTimed(
+      2, [&](int r) { return c_->engine(r).OpenRound(RoundKind::kSave, 2 + r); });
+  EXPECT_LT(t.took, kPrompt);
+  for (const absl::Status& s : t.statuses) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("the ranks disagree on the step number (2 on one rank, 3 on another)"));
+  }
+  ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, ARefusedStepFailsTheStepOnEveryRankAtOnce) {
+  const absl::Status reason = absl::FailedPreconditionError("step 3 is out of order");
+  const Timed t = OnRanksTimed(2, [&](int r) {
+    return r == 0 ? c_->engine(0).Step(StepInputs{3, StepLr(3)}).status()
+                  : c_->engine(1).OpenRound(RoundKind::kStep, 3, reason);
+  });
+  EXPECT_LT(t.took, kPrompt);
+  EXPECT_EQ(t.statuses[1], reason);
+  EXPECT_EQ(t.statuses[0].code(), absl::StatusCode::kInvalidArgument) << t.statuses[0];
+  EXPECT_THAT(std::string(t.statuses[0].message()),
+              HasSubstr("step 3: rank 1 refused its step inputs"));
+  ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, ARefusedSaveFailsEveryRankAtOnce) {
+  const absl::Status reason = absl::FailedPreconditionError("asked to save step 5");
+  const Timed t = OnRanksTimed(2, [&](int r) {
+    return c_->engine(r).OpenRound(RoundKind::kSave, 2, r == 0 ? reason : absl::OkStatus());
+  });
+  EXPECT_LT(t.took, kPrompt);
+  EXPECT_EQ(t.statuses[0], reason);
+  EXPECT_EQ(t.statuses[1].code(), absl::StatusCode::kFailedPrecondition) << t.statuses[1];
+  EXPECT_THAT(std::string(t.statuses[1].message()),
+              HasSubstr("rank 0 refused the save (step 2; its error says why)"));
+  ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, ARefusedExportFailsTheOtherExportersAndTheServersStepOn) {
+  // Both ranks export, rank 1 refuses: both fail at once.
+  const absl::Status reason = absl::ResourceExhaustedError("no room for the state");
+  std::vector<float> out = Buffer();
+  const Timed t = OnRanksTimed(2, [&](int r) {
+    return r == 0 ? c_->engine(0).ExportState(out)
+                  : c_->engine(1).OpenRound(RoundKind::kExport, 2, reason);
+  });
+  EXPECT_LT(t.took, kPrompt);
+  EXPECT_EQ(t.statuses[1], reason);
+  EXPECT_EQ(t.statuses[0].code(), absl::StatusCode::kFailedPrecondition) << t.statuses[0];
+  EXPECT_THAT(std::string(t.statuses[0].message()),
+              HasSubstr("rank 1 refused the export of the state after step 2"));
+  // Rank 0 refuses its export while rank 1 is in step 3: rank 1 does not serve it, and the
+  // step runs once rank 0 steps too.
+  const auto done = OnRanks(2, [&](int r) -> absl::Status {
+    if (r == 0) {
+      absl::Status s = c_->engine(0).OpenRound(RoundKind::kExport, 2, reason);
+      if (s != reason) return absl::InternalError(absl::StrCat("unexpected: ", s.ToString()));
+    }
+    return c_->engine(r).Step(StepInputs{3, StepLr(3)}).status();
+  });
+  for (const absl::Status& s : done) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_NE(c_->Param(0), param_);
+}
+
+TEST(RoundKinds, OneRankIsRefusedLocally) {
+  auto c = MakeCluster(1);
+  ASSERT_NE(c, nullptr);
+  const absl::Status reason = absl::FailedPreconditionError("refused");
+  EXPECT_EQ(c->engine(0).OpenRound(RoundKind::kSave, 0, reason), reason);
+  EXPECT_TRUE(c->engine(0).OpenRound(RoundKind::kSave, 0).ok());
+  EXPECT_EQ(c->engine(0).OpenRound(RoundKind::kStep, 1).code(), absl::StatusCode::kInternal);
+  RunSteps(*c, 1, 1, 0);
 }
 
 }  // namespace
