@@ -1,5 +1,6 @@
 // One typed suite for every Communicator backend: Gloo (ranks as threads over an
-// InMemoryStore, W = 1..4) and NCCL (one device per rank; skips visibly without a GPU).
+// InMemoryStore, W = 1..4), NCCL (one device per rank; skips visibly without a GPU) and the
+// staged communicator over Gloo (staged_backends.h).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include "runtime/comm/gloo_communicator.h"
 #include "runtime/comm/in_memory_store.h"
 #include "tests/comm/comm_test_util.h"
+#include "tests/comm/staged_backends.h"
 
 #if CAME_TEST_WITH_NCCL
 #include <cuda_runtime.h>
@@ -407,11 +409,14 @@ class BackendNames {
   template <typename T>
   static std::string GetName(int) {
     if constexpr (std::is_same_v<T, GlooBackend>) return "Gloo";
+    if constexpr (std::is_same_v<T, testing::StagedHostBackend>) return "StagedHost";
+    if constexpr (std::is_same_v<T, testing::StagedCudaBackend>) return "StagedCuda";
     return "Nccl";
   }
 };
 
-using Backends = ::testing::Types<GlooBackend, NcclBackend>;
+using Backends = ::testing::Types<GlooBackend, NcclBackend, testing::StagedHostBackend,
+                                  testing::StagedCudaBackend>;
 TYPED_TEST_SUITE(CommunicatorTest, Backends, BackendNames);
 
 TYPED_TEST(CommunicatorTest, AllReduceSumEveryTypeAndUnevenCounts) {
