@@ -95,7 +95,8 @@ class RankCheckpointTest : public ::testing::Test {
       ids_.push_back(layout->attachment_id);
       auto p = SharedBuffer::Open(layout->params_name, layout->buffer_bytes);
       auto g = SharedBuffer::Open(layout->grads_name, layout->buffer_bytes);
-      ASSERT_TRUE(p.ok() && g.ok());
+      ASSERT_TRUE(p.ok()) << p.status();
+      ASSERT_TRUE(g.ok()) << g.status();
       params_.push_back(*std::move(p));
       grads_.push_back(*std::move(g));
       plan_ = layout->plan;

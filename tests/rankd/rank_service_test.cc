@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <thread>
@@ -520,6 +522,29 @@ TEST_F(RankServiceTest, BadInputsGetTheRightCodeAndMessageWhileAGoodClientKeepsS
   EXPECT_GT(good_steps_.load(), steps_before) << "the good client made no progress";
   StopGoodClient();
   EXPECT_TRUE(Detach(good).ok());
+}
+
+// Before: came-rankd read "step" with nlohmann's json::value(), which throws on a string, and
+// the uncaught exception aborted the daemon (SIGABRT) and the job with it.
+TEST_F(RankServiceTest, AWronglyTypedManifestIsDataLossNamingItWhileAGoodClientKeepsStepping) {
+  StartGoodClient();
+  char dir_template[] = "/tmp/came-rst-manifest-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string path = std::string(dir_template) + "/manifest.json";
+  {
+    std::ofstream f(path);
+    f << R"({"format": "came-checkpoint-manifest", "format_version": 1, "step": "5", )"
+      << R"("world_size": 1, "plan_alignment": 16, "shards": []})";
+  }
+  v1::LoadCheckpointRequest req;
+  req.set_attachment_id(good_id_);
+  req.set_manifest_path(path);
+  v1::LoadCheckpointResponse resp;
+  ExpectRpc(stub_->LoadCheckpoint(Context().get(), req, &resp), grpc::StatusCode::DATA_LOSS,
+            path + ": field 'step' must be an integer");
+  StopGoodClient();
+  std::remove(path.c_str());
+  rmdir(dir_template);
 }
 
 TEST_F(RankServiceTest, CallsBeforeAttachAreFailedPrecondition) {
