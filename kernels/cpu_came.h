@@ -157,7 +157,7 @@ class CpuPhases final : public PhaseBackend {
   int num_slices() const override { return static_cast<int>(cpu_.slices().size()); }
   int64_t stats_offset(int i) const override { return cpu_.stats_offset(i); }
   int64_t stats_size() const override { return cpu_.stats_size(); }
-  PhaseBuffers buffers() override { return {sums_.data(), &grad_sum_sq_, sum_sq_.data()}; }
+  StepBuffers buffers() override { return {sums_.data(), &grad_sum_sq_, sum_sq_.data()}; }
 
   PhaseStatus GradStats() override;
   PhaseStatus BeginStep(double max_grad_norm) override;

@@ -40,7 +40,7 @@ struct PhaseStatus {
 };
 
 // The backend-owned statistic buffers of a step (Note [Phase backends]), in memory().
-struct PhaseBuffers {
+struct StepBuffers {
   double* sums = nullptr;         // stats_size(): partial row/column sums (phases 1 and 4)
   double* grad_sum_sq = nullptr;  // 1: the sum of g^2 (phase 1)
   double* sum_sq = nullptr;       // num_slices(): per-slice sums of u^2 (phase 3)
@@ -59,11 +59,11 @@ class PhaseBackend {
 
   virtual MemoryKind memory() const = 0;
   virtual int num_slices() const = 0;
-  // Layout of PhaseBuffers::sums: slice i's row sums start at stats_offset(i), its column
+  // Layout of StepBuffers::sums: slice i's row sums start at stats_offset(i), its column
   // sums follow; unfactored slices have none.
   virtual int64_t stats_offset(int i) const = 0;
   virtual int64_t stats_size() const = 0;
-  virtual PhaseBuffers buffers() = 0;
+  virtual StepBuffers buffers() = 0;
 
   // Phase 1: partial sums of g^2 into buffers().sums and the sum of g^2 into grad_sum_sq.
   virtual PhaseStatus GradStats() = 0;

@@ -50,7 +50,7 @@ class ShardedCame::Completer final : public SumCompleter {
  public:
   Completer(ShardedCame& engine, bool stop_vote) : engine_(engine), stop_vote_(stop_vote) {}
   PhaseStatus Complete(SumKind kind) override {
-    PhaseBuffers b = engine_.backend_->buffers();
+    StepBuffers b = engine_.backend_->buffers();
     absl::Status s;
     if (kind == SumKind::kGradStats) {
       // {sum of g^2, stop votes}: Note [Stop requests] in runtime/service/coordinator.h.
