@@ -58,6 +58,11 @@ absl::Status RankClient::Attach(const Manifest& manifest) {
   auto ctx = Context();
   if (grpc::Status s = stub_->Attach(ctx.get(), req, &resp); !s.ok())
     return service::FromGrpcStatus(s);
+  if (resp.params().device() >= 0 || !resp.params().cuda_ipc_handle().empty())
+    return absl::UnimplementedError(absl::StrCat(
+        "rankd offered buffers in CUDA device ", resp.params().device(),
+        "'s memory; the C++ rank client maps host shared memory only (start came-rankd "
+        "without --device)"));
   auto params = SharedBuffer::Open(resp.params().name(), resp.params().bytes());
   if (!params.ok()) return params.status();
   auto grads = SharedBuffer::Open(resp.grads().name(), resp.grads().bytes());

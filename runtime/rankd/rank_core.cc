@@ -124,7 +124,7 @@ struct RankCore::Attachment {
   std::string id;
   Manifest manifest;
   ShardPlan plan;
-  std::unique_ptr<SharedBuffer> params, grads;
+  std::unique_ptr<TrainerBuffer> params, grads;
   std::unique_ptr<ShardedCame> engine;
   int64_t last_step = 0;
   std::optional<std::pair<int64_t, SavedCheckpoint>> saved;  // the last save: step, where
@@ -153,6 +153,8 @@ absl::StatusOr<std::unique_ptr<RankCore>> RankCore::Create(RankCoreOptions optio
   if (options.shm_prefix.empty() || options.shm_prefix[0] != '/')
     return Invalid("shm_prefix must start with '/'");
   if (options.alignment < 1) return Invalid("alignment must be >= 1");
+  if (options.device >= 0)
+    if (absl::Status s = CheckDevice(options.device); !s.ok()) return s;
   std::unique_ptr<RankCore> core(new RankCore(std::move(options), std::move(comm),
                                               std::move(agreement), std::move(observer),
                                               std::move(checkpoints)));
@@ -260,9 +262,9 @@ void RankCore::Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done) {
     a->id = RandomId();
     const size_t bytes = static_cast<size_t>(plan.padded_size) * DTypeSize(plan.dtype);
     const std::string base = absl::StrCat(options_.shm_prefix, "-", ++attach_count_);
-    auto params = SharedBuffer::Create(base + "-params", bytes);
+    auto params = CreateTrainerBuffer(options_.device, base + "-params", bytes);
     if (!params.ok()) return done(params.status());
-    auto grads = SharedBuffer::Create(base + "-grads", bytes);
+    auto grads = CreateTrainerBuffer(options_.device, base + "-grads", bytes);
     if (!grads.ok()) return done(grads.status());
     a->params = *std::move(params);
     a->grads = *std::move(grads);
@@ -275,6 +277,9 @@ void RankCore::Attach(Manifest manifest, Done<absl::StatusOr<Layout>> done) {
     layout.plan = a->plan;
     layout.params_name = a->params->name();
     layout.grads_name = a->grads->name();
+    layout.device = a->params->device();
+    layout.params_ipc_handle = a->params->ipc_handle();
+    layout.grads_ipc_handle = a->grads->ipc_handle();
     layout.buffer_bytes = bytes;
     layout.digest = digest;
     attachment_ = std::move(a);
@@ -289,6 +294,13 @@ void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> d
     Attachment& a = *attachment_;
     if (a.engine != nullptr)
       return done(absl::FailedPreconditionError("parameters were already synchronized"));
+    // The engine's kernels and the rank's communicator read host memory: device buffers
+    // wait for the engine's CUDA backend (EngineOptions), which this build does not have.
+    if (options_.device >= 0)
+      return done(absl::UnimplementedError(absl::StrCat(
+          "the parameters are in CUDA device ", options_.device,
+          "'s memory, but this build's optimizer engine steps host buffers only: start "
+          "came-rankd without --device (host shared memory)")));
     absl::Status s = comm_->Broadcast(a.params->data(), a.plan.padded_size,
                                       ElemTypeOf(a.plan.dtype), 0, options_.collective_timeout);
     if (!s.ok()) {
@@ -308,9 +320,6 @@ void RankCore::SyncParameters(std::string id, Done<absl::StatusOr<StateBytes>> d
 }
 
 void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
-  if (call.step < 1) return done(Invalid(absl::StrCat("step must be >= 1, got ", call.step)));
-  if (!std::isfinite(call.max_grad_norm) || call.max_grad_norm < 0)
-    return done(Invalid("max_grad_norm must be finite and >= 0 (0: off)"));
   Enqueue([this, call = std::move(call), done = std::move(done)](absl::Status aborted) mutable {
     if (!aborted.ok()) return done(aborted);
     if (absl::Status s = CheckAttachment(call.attachment_id); !s.ok()) return done(s);
@@ -324,17 +333,25 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
       stopped.stopped_after = a.stopped_after;
       return done(std::move(stopped));
     }
-    if (call.step <= a.last_step)
-      return done(absl::FailedPreconditionError(absl::StrCat(
-          "step ", call.step, " is out of order: step ", a.last_step,
-          " was already taken (steps must increase)")));
+    // A refused step still joins the step's round, so that every rank fails it at once
+    // (Note [Step rounds] in runtime/sharded_came.h).
     const size_t groups = a.manifest.groups.size();
-    if (call.lr.size() != groups)
-      return done(Invalid(absl::StrCat("expected one lr per parameter group (", groups,
-                                       "), got ", call.lr.size())));
-    if (!call.hyper.empty() && call.hyper.size() != groups)
-      return done(Invalid(absl::StrCat("expected one set of hyperparameters per parameter group (",
-                                       groups, "), got ", call.hyper.size())));
+    absl::Status refusal;
+    if (call.step < 1)
+      refusal = Invalid(absl::StrCat("step must be >= 1, got ", call.step));
+    else if (!std::isfinite(call.max_grad_norm) || call.max_grad_norm < 0)
+      refusal = Invalid("max_grad_norm must be finite and >= 0 (0: off)");
+    else if (call.step <= a.last_step)
+      refusal = absl::FailedPreconditionError(
+          absl::StrCat("step ", call.step, " is out of order: step ", a.last_step,
+                       " was already taken (steps must increase)"));
+    else if (call.lr.size() != groups)
+      refusal = Invalid(absl::StrCat("expected one lr per parameter group (", groups, "), got ",
+                                     call.lr.size()));
+    else if (!call.hyper.empty() && call.hyper.size() != groups)
+      refusal = Invalid(absl::StrCat("expected one set of hyperparameters per parameter group (",
+                                     groups, "), got ", call.hyper.size()));
+    if (!refusal.ok()) return done(Refuse(RoundKind::kStep, call.step, std::move(refusal)));
     a.state.reset();  // the trainer has read the last exported state by now
     StepInputs in;
     in.step = call.step;
@@ -385,9 +402,17 @@ void RankCore::Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done) {
 void RankCore::Detach(std::string id, Done<absl::Status> done) {
   Enqueue([this, id = std::move(id), done = std::move(done)](absl::Status aborted) mutable {
     if (absl::Status s = CheckAttachment(id); !s.ok()) return done(s);
+    // A detach is a round (Note [Step rounds] in runtime/sharded_came.h): every rank's
+    // trainer detaches, and another rank's pending export, step, save or load fails at once
+    // naming it instead of waiting out the deadline. Detaching is allowed after an abort
+    // too (there is nobody to tell then): it releases the buffers.
+    absl::Status round;
+    if (aborted.ok() && attachment_->engine != nullptr) {
+      round = attachment_->engine->OpenRound(RoundKind::kDetach, attachment_->last_step);
+      if (!round.ok() && !Recoverable(round)) Abort(round);
+    }
     attachment_.reset();
-    done(absl::OkStatus());
-    (void)aborted;  // detaching is allowed after an abort: it releases the buffers
+    done(round.ok() || Recoverable(round) ? absl::OkStatus() : RankCore::aborted());
   });
 }
 
@@ -399,15 +424,29 @@ void RankCore::SaveCheckpoint(std::string id, int64_t step,
     if (!aborted.ok()) return done(aborted);
     if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
     if (step != attachment_->last_step)
-      return done(absl::FailedPreconditionError(absl::StrCat(
-          "asked to save step ", step, " but the state is that after step ",
-          attachment_->last_step)));
+      return done(Refuse(RoundKind::kSave, step,
+                         absl::FailedPreconditionError(absl::StrCat(
+                             "asked to save step ", step, " but the state is that after step ",
+                             attachment_->last_step))));
     done(SaveOnWorker(step));
   });
 }
 
+absl::Status RankCore::Refuse(RoundKind kind, int64_t step, absl::Status reason) {
+  absl::Status s = attachment_->engine->OpenRound(kind, step, reason);
+  if (s == reason || Recoverable(s)) return s;
+  Abort(s);  // the round's collective failed
+  return RankCore::aborted();
+}
+
 absl::StatusOr<SavedCheckpoint> RankCore::SaveOnWorker(int64_t step) {
   Attachment& a = *attachment_;
+  // The save's collectives open with a save round (Note [Step rounds]).
+  if (absl::Status s = a.engine->OpenRound(RoundKind::kSave, step); !s.ok()) {
+    if (Recoverable(s)) return s;
+    Abort(s);
+    return RankCore::aborted();
+  }
   if (a.saved.has_value() && a.saved->first == step) return a.saved->second;
   // Note [Save agreement]: every rank writes and reports its shard, then the ranks count
   // their failures (an all-reduce, the barrier the commit needs anyway). A rank whose disk is
@@ -451,6 +490,13 @@ void RankCore::LoadCheckpoint(std::string id, std::string manifest_path,
            done = std::move(done)](absl::Status aborted) mutable {
     if (!aborted.ok()) return done(aborted);
     if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
+    // The load's collectives open with a load round (Note [Step rounds]).
+    if (absl::Status s = attachment_->engine->OpenRound(RoundKind::kLoad, attachment_->last_step);
+        !s.ok()) {
+      if (Recoverable(s)) return done(s);
+      Abort(s);
+      return done(RankCore::aborted());
+    }
     // Note [Load agreement]: every rank reads its part, and the ranks compare what they
     // read, before any rank changes state. One rank's bad or different manifest, or bad file,
     // fails the load everywhere (nobody waits for a collective it will not join) and leaves
@@ -540,7 +586,8 @@ void RankCore::ExportState(std::string id, Done<absl::StatusOr<StateTransfer>> d
     if (absl::Status s = CheckEngine(id); !s.ok()) return done(s);
     Attachment& a = *attachment_;
     auto t = StateBufferOnWorker();
-    if (!t.ok()) return done(t.status());
+    // No room for the state: the export's round is refused, so the others fail it at once.
+    if (!t.ok()) return done(Refuse(RoundKind::kExport, a.last_step, t.status()));
     absl::Status s = a.engine->ExportState(
         {static_cast<float*>(a.state->data()), static_cast<size_t>(t->layout.size)});
     if (!s.ok()) {

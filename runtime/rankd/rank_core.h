@@ -10,9 +10,10 @@
 // per optimizer step, numbers strictly increasing), Detach. Each call validates its input
 // at once on the caller's thread (bad input never reaches the queue and changes nothing),
 // then runs in arrival order on the worker thread, and reports through its callback, which
-// may run on either thread. A step's hyperparameter values are the exception: the engine
-// checks them in the step's round, so that every rank fails that step together
-// (Note [Step rounds] in runtime/sharded_came.h); nothing changes then either. After Abort
+// may run on either thread. A collective call's own refusals are the exception: a step
+// (its number, lr count, hyperparameters, ...), an export or a save refused after the engine
+// exists still joins its round, refused, so that every rank fails that call together at
+// once (Note [Step rounds] in runtime/sharded_came.h); nothing changes then either. After Abort
 // (the job failed, or a collective failed) every queued and later call fails with the
 // abort's status.
 #pragma once
@@ -33,6 +34,7 @@
 #include "absl/time/time.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/rankd/shared_buffer.h"
+#include "runtime/rankd/trainer_buffer.h"
 #include "runtime/shard_plan.h"
 #include "runtime/sharded_came.h"
 
@@ -50,8 +52,11 @@ struct Layout {
   int rank = 0;
   int world_size = 1;
   ShardPlan plan;
-  std::string params_name;  // shared-memory names
+  std::string params_name;  // shared-memory names ("" for device buffers)
   std::string grads_name;
+  int device = -1;          // the buffers' CUDA device, -1: host shared memory
+  std::string params_ipc_handle;  // cudaIpcMemHandle_t bytes of device buffers
+  std::string grads_ipc_handle;
   size_t buffer_bytes = 0;  // of each buffer: plan.padded_size elements of plan.dtype
   std::string digest;       // the manifest digest agreed with the other ranks
 };
@@ -122,6 +127,10 @@ struct RankCoreOptions {
   int64_t alignment = 16;       // shard-plan alignment in elements
   bool reduce_in_float32 = false;  // EngineOptions::reduce_in_float32 (16-bit gradients)
   std::string shm_prefix;       // e.g. "/came-<job>-r0"; buffers are <prefix>-<n>-params|grads
+  // >= 0: the parameter and gradient buffers live in this CUDA device's memory (Note
+  // [Trainer buffers]); the communicator must then take device buffers (NCCL). The state
+  // buffers of ExportState and ReserveStateBuffer stay in host shared memory.
+  int device = -1;
   int64_t checkpoint_every = 0;  // > 0: save after every N-th step by itself (needs hooks)
   absl::Duration collective_timeout = absl::Minutes(5);
   absl::Duration agreement_timeout = absl::Minutes(5);
@@ -156,6 +165,9 @@ class RankCore {
   // Reports the optimizer state bytes this rank now holds.
   void SyncParameters(std::string attachment_id, Done<absl::StatusOr<StateBytes>> done);
   void Step(StepCall call, Done<absl::StatusOr<StepOutcome>> done);
+  // Releases the attachment. Collective once the engine exists (a detach round, Note [Step
+  // rounds]): every rank's trainer detaches, and another rank's pending export, step, save
+  // or load fails at once naming the detach. Not collective after an abort.
   void Detach(std::string attachment_id, Done<absl::Status> done);
   // Writes this rank's shard of the state after step `step` (the last step taken) and, once
   // every rank has (a barrier), commits the checkpoint. Collective: every rank calls it.
@@ -204,6 +216,11 @@ class RankCore {
   // Saves the attached engine's state after `step` (the last step taken); a second save of
   // the same step returns the first. Worker thread only; collective.
   absl::StatusOr<SavedCheckpoint> SaveOnWorker(int64_t step);
+  // Joins the engine's round of `kind` refusing this rank's call with `reason`, so that
+  // every rank fails that call at once (Note [Step rounds]); returns `reason` or the
+  // round's failure, and fails the job when the round's collective failed. Worker thread
+  // only, with an engine.
+  absl::Status Refuse(RoundKind kind, int64_t step, absl::Status reason);
 
   const RankCoreOptions options_;
   std::unique_ptr<comm::Communicator> comm_;

@@ -1,6 +1,7 @@
 #include "runtime/rankd/rank_service.h"
 
 #include <filesystem>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/rankd/rank_proto.h"
@@ -72,12 +73,14 @@ grpc::ServerUnaryReactor* RankService::Attach(grpc::CallbackServerContext* ctx,
         l->set_first_rank(t.first_rank);
         l->set_last_rank(t.last_rank);
       }
-      for (auto [buffer, name] : {std::pair{resp->mutable_params(), &layout->params_name},
-                                  std::pair{resp->mutable_grads(), &layout->grads_name}}) {
+      for (auto [buffer, name, handle] :
+           {std::tuple{resp->mutable_params(), &layout->params_name, &layout->params_ipc_handle},
+            std::tuple{resp->mutable_grads(), &layout->grads_name, &layout->grads_ipc_handle}}) {
         buffer->set_name(*name);
+        buffer->set_cuda_ipc_handle(*handle);
         buffer->set_bytes(static_cast<int64_t>(layout->buffer_bytes));
         buffer->set_dtype(DTypeToProto(plan.dtype));
-        buffer->set_device(-1);
+        buffer->set_device(layout->device);
       }
       resp->set_manifest_digest(layout->digest);
       reactor->Finish(grpc::Status::OK);

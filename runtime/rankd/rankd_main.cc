@@ -1,9 +1,11 @@
 // came-rankd: one rank of a job (docs/design.md, "Processes"). Joins the coordinator, connects to
-// the other ranks (Gloo through the coordinator's store), hosts the ShardedCame engine and
+// the other ranks (Gloo, or NCCL on --device, through the coordinator's store), hosts the
+// ShardedCame engine and
 // serves came.v1.Rank to its trainer. Prints one line "came-rankd rank R listening on
 // HOST:PORT" on stdout once serving. Stops on SIGINT/SIGTERM (exit 0) or when the job fails
 // (the coordinator reports another rank's death, or a collective fails): then it aborts its
-// collectives, answers every pending call with the reason and exits 1 naming it.
+// collectives, answers every pending call with the reason and exits 1 naming it. Exits 2
+// for a --device this build or machine cannot serve (no CUDA support, no device).
 #include <pthread.h>
 #include <signal.h>
 
@@ -22,7 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
-#include "runtime/comm/gloo_communicator.h"
+#include "runtime/comm/backend.h"
 #include "runtime/comm/prefix_store.h"
 #include "runtime/rankd/rank_core.h"
 #include "runtime/rankd/rank_metrics.h"
@@ -41,6 +43,9 @@ ABSL_FLAG(int, world_size, 0, "the job's world size (0: the coordinator's)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "host:port to serve the trainer on (port 0: free)");
 ABSL_FLAG(std::string, gloo_host, "127.0.0.1", "address Gloo binds and advertises to peers");
 ABSL_FLAG(int, threads, 1, "CPU kernel threads");
+ABSL_FLAG(int, device, -1,
+          "CUDA device for the parameter and gradient buffers, handed to the trainer as CUDA "
+          "IPC handles; needs a job of backend nccl (-1: host shared memory, backend gloo)");
 ABSL_FLAG(bool, reduce_in_float32, false,
           "reduce-scatter bf16/fp16 gradients in float32 (exact mean at any world size; twice "
           "the wire bytes and a float32 copy of the gradients)");
@@ -65,7 +70,19 @@ namespace {
 
 using service::CoordinatorClient;
 
+bool usage_error = false;  // Run's failure is bad usage: exit 2
+
 absl::Status Run() {
+  const int device = absl::GetFlag(FLAGS_device);
+  if (device >= 0) {
+    if (absl::Status s = CheckDevice(device); !s.ok()) {
+      usage_error = true;
+      return absl::Status(s.code(), absl::StrCat("--device ", device, ": ", s.message()));
+    }
+  } else if (device != -1) {
+    usage_error = true;
+    return absl::InvalidArgumentError("--device must be a CUDA device ordinal >= 0, or -1");
+  }
   absl::StatusOr<std::string> token =
       service::ReadToken(absl::GetFlag(FLAGS_token), absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return token.status();
@@ -116,11 +133,17 @@ absl::Status Run() {
   std::cerr << "came-rankd: joined job " << joined->job_id << " as rank " << rank << " of "
             << world << std::endl;
   // The job's configuration comes from the coordinator alone (one configuration).
-  if (joined->config.backend != service::Backend::kGloo)
-    return absl::UnimplementedError(absl::StrCat(
-        "the job's backend is ", std::string(service::BackendName(joined->config.backend)),
-        ", which came-rankd does not offer yet (GPU buffers need CUDA IPC): start the "
-        "coordinator with --backend gloo"));
+  // Gloo moves host memory and NCCL device memory: the buffers' place decides.
+  const bool nccl = joined->config.backend == service::Backend::kNccl;
+  if (nccl && device < 0)
+    return absl::FailedPreconditionError(
+        "the job's backend is nccl, which needs the buffers on a GPU: start came-rankd with "
+        "--device N (or the coordinator with --backend gloo)");
+  if (!nccl && device >= 0)
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device ", device, " puts the buffers on a GPU, but the job's backend is ",
+        std::string(service::BackendName(joined->config.backend)),
+        ", which moves host memory: start the coordinator with --backend nccl"));
 
   // Heartbeats start at once: the lease runs from Join, and the Gloo rendezvous below may
   // wait for ranks of other nodes for longer than a lease. Until the engine exists, a job
@@ -145,10 +168,13 @@ absl::Status Run() {
   service::CoordinatorStore coordinator_store(client);
   auto store = comm::PrefixStore::Create(absl::StrCat("job/", joined->job_id, "/"), coordinator_store);
   if (!store.ok()) return store.status();
-  comm::GlooOptions gloo;
-  gloo.hostname = absl::GetFlag(FLAGS_gloo_host);
-  gloo.connect_timeout = absl::Minutes(5);
-  auto comm = comm::GlooCommunicator::Create(**store, rank, world, gloo);
+  comm::CommunicatorOptions comm_options;
+  comm_options.gloo.hostname = absl::GetFlag(FLAGS_gloo_host);
+  comm_options.gloo.connect_timeout = absl::Minutes(5);
+  comm_options.cuda_device = std::max(device, 0);
+  comm_options.nccl_timeout = absl::Minutes(5);
+  auto comm = comm::CreateCommunicator(nccl ? comm::Backend::kNccl : comm::Backend::kGloo,
+                                       **store, rank, world, comm_options);
   if (!comm.ok()) return comm.status();
 
   RankMetrics metrics(rank);
@@ -156,6 +182,7 @@ absl::Status Run() {
   ro.rank = rank;
   ro.world_size = world;
   ro.num_threads = threads;
+  ro.device = device;
   ro.alignment = joined->config.plan_alignment;
   ro.reduce_in_float32 = absl::GetFlag(FLAGS_reduce_in_float32);
   const std::string shm_tag = absl::GetFlag(FLAGS_shm_tag);
@@ -254,9 +281,10 @@ absl::Status Run() {
 }  // namespace came::rankd
 
 int main(int argc, char** argv) {
-  return came::service::RunMain(
+  const int rc = came::service::RunMain(
       argc, argv, "came-rankd",
       "came-rankd --coordinator=HOST:PORT --token-file=F [--rank=R] [--world-size=N] "
-      "[--listen=HOST:PORT] [flags]",
+      "[--listen=HOST:PORT] [--device=N] [flags]",
       &came::rankd::Run);
+  return came::rankd::usage_error ? 2 : rc;
 }
