@@ -3,6 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 namespace came::launch {
@@ -33,7 +34,8 @@ absl::Status CheckHostPort(absl::string_view flag, absl::string_view value) {
 }  // namespace
 
 std::string LaunchUsage() {
-  return "usage: came-launch --nproc N [--backend gloo|nccl] [--metrics-port P] [--checkpoint-dir DIR]\n"
+  return "usage: came-launch --nproc N [--backend gloo|nccl] [--gpus 0,1,...]\n"
+         "                   [--metrics-port P] [--checkpoint-dir DIR]\n"
          "                   [--reduce-dtype param|float32]\n"
          "                   [--threads-per-rank T] [--token-file F] [--bin-dir DIR]\n"
          "                   [--log-dir DIR] [--timeout-seconds S]\n"
@@ -45,9 +47,13 @@ std::string LaunchUsage() {
          "                   -- <trainer command...>\n"
          "Starts came-coordinator, N came-rankd and N trainers on this machine, prefixes\n"
          "their output with [role rank], and stops them all when one fails or on SIGINT.\n"
-         "Trainers get CAME_RANK, CAME_LOCAL_RANK, CAME_NODE_RANK, CAME_WORLD_SIZE,\n"
+         "Trainers get CAME_RANK, CAME_LOCAL_RANK, CAME_DEVICE (cuda:g or cpu),\n"
+         "CAME_NODE_RANK, CAME_WORLD_SIZE,\n"
          "CAME_RANKD_ADDRESS, CAME_COORDINATOR_ADDRESS, CAME_TOKEN, CAME_RESTART_COUNT and a\n"
          "PYTHONPATH that finds the came package.\n"
+         "--backend nccl (the default when a GPU is visible): one rankd (--device g) and one\n"
+         "trainer (CAME_DEVICE=g) per GPU of --gpus, else per visible GPU (the first --nproc\n"
+         "ones when --nproc is given); CUDA_VISIBLE_DEVICES is passed on unchanged.\n"
          "--max-restarts K: when a process fails, stop the rest and start the job again (from\n"
          "the last committed checkpoint: trainers use ShardedCAME(resume=True)), K times.\n"
          "SIGTERM with --checkpoint-dir: the job checkpoints at its next step, trainers exit\n"
@@ -124,6 +130,14 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
             absl::StrCat("--backend wants gloo or nccl, got '", value, "'"));
       }
       options.backend = value;
+    } else if (flag == "--gpus") {
+      options.gpus.clear();
+      for (absl::string_view g : absl::StrSplit(value, ',')) {
+        int ordinal = 0;
+        status = ParseInt("--gpus", g, 0, kMaxProcs - 1, &ordinal);
+        if (!status.ok()) break;
+        options.gpus.push_back(ordinal);
+      }
     } else if (flag == "--checkpoint-dir") {
       options.checkpoint_dir = value;
     } else if (flag == "--reduce-dtype") {
@@ -154,7 +168,9 @@ absl::StatusOr<LaunchOptions> ParseLaunchArgs(const std::vector<std::string>& ar
   }
   options.command.assign(args.begin() + static_cast<std::ptrdiff_t>(i), args.end());
   if (options.help) return options;
-  if (!have_nproc) return absl::InvalidArgumentError("--nproc (or --nproc-per-node) is required");
+  // Under nccl the GPUs may set the rank count (ResolveDevices, gpus.h).
+  if (!have_nproc && options.backend != "nccl" && options.gpus.empty())
+    return absl::InvalidArgumentError("--nproc (or --nproc-per-node) is required");
   if (options.command.empty()) {
     return absl::InvalidArgumentError("no trainer command: put it after '--'");
   }

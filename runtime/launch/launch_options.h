@@ -12,8 +12,11 @@ namespace came::launch {
 
 struct LaunchOptions {
   int nproc = 0;                     // --nproc N or --nproc-per-node N: ranks on this
-                                     // machine, 1 .. kMaxProcs; required
-  std::string backend;               // --backend gloo|nccl; "" = gloo (rankd has no GPU buffers yet)
+                                     // machine, 1 .. kMaxProcs; required unless --backend
+                                     // nccl or --gpus (one rank per GPU)
+  std::string backend;               // --backend gloo|nccl; "" = nccl when a GPU is visible,
+                                     // else gloo (Note [Launch devices] in gpus.h)
+  std::vector<int> gpus;             // --gpus 0,1,...: one rank per listed GPU (nccl)
   int metrics_port = -1;             // --metrics-port P: the coordinator's /metrics on P and
                                      // rank r's on P + 1 + r; -1 = not passed
   int threads_per_rank = 0;          // --threads-per-rank T; 0 = cores / N, at least 1

@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "runtime/launch/errno_error.h"
+#include "runtime/launch/gpus.h"
 #include "runtime/launch/output_pump.h"
 #include "runtime/launch/spawn.h"
 #include "runtime/launch/supervisor.h"
@@ -196,7 +197,7 @@ class Job {
   std::string coordinator_bin_, rankd_bin_, trainer_bin_;
   std::string token_, token_file_;
   std::string node_address_;
-  std::string backend_;
+  DevicePlan devices_;  // the backend, the local rank count and their GPUs
   int threads_ = 1;
   absl::Time job_deadline_ = absl::InfiniteFuture();
   // This attempt's.
@@ -283,13 +284,14 @@ int Job::Run() {
       node_address_ = *local;
     }
   }
-  // came-rankd serves host buffers only for now (no CUDA IPC yet), so Gloo is the default
-  // even on a GPU machine; --backend nccl is passed through and refused by rankd clearly.
-  backend_ = options_.backend.empty() ? "gloo" : options_.backend;
+  absl::StatusOr<DevicePlan> devices = ResolveDevices(
+      options_, VisibleGpuCount("/proc/driver/nvidia/gpus", std::getenv("CUDA_VISIBLE_DEVICES")));
+  if (!devices.ok()) return Fail(kExitUsage, devices.status().message());
+  devices_ = *std::move(devices);
   threads_ = options_.threads_per_rank > 0
                  ? options_.threads_per_rank
                  : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                   options_.nproc);
+                                   devices_.nproc);
   if (options_.timeout_seconds > 0) {
     job_deadline_ = absl::Now() + absl::Seconds(options_.timeout_seconds);
   }
@@ -302,7 +304,7 @@ int Job::Run() {
 }
 
 Attempt Job::RunAttempt(int generation) {
-  const int local = options_.nproc;
+  const int local = devices_.nproc;
   const int world = options_.nnodes * local;
   const int first_rank = options_.node_rank * local;
   supervisor_.reset();  // the previous attempt's: its children are gone
@@ -338,7 +340,7 @@ Attempt Job::RunAttempt(int generation) {
         "--listen",       coordinator_address.empty() ? "127.0.0.1:0" : coordinator_address,
         "--world-size",   absl::StrCat(world),
         "--token-file",   token_file_,
-        "--backend",      backend_,
+        "--backend",      devices_.backend,
         "--job-id",       *job_id,
         "--generation",   absl::StrCat(generation)};
     if (!options_.checkpoint_dir.empty()) {
@@ -373,6 +375,10 @@ Attempt Job::RunAttempt(int generation) {
         "--shm-tag", *job_id, "--join-timeout-seconds",
         absl::StrCat(options_.startup_timeout_seconds)};
     if (options_.reduce_in_float32) argv.push_back("--reduce-in-float32");
+    if (!devices_.devices.empty()) {
+      argv.push_back("--device");
+      argv.push_back(absl::StrCat(devices_.devices[i]));
+    }
     if (options_.metrics_port > 0) {  // rank r serves /metrics on P + 1 + r
       argv.push_back("--metrics-port");
       argv.push_back(absl::StrCat(options_.metrics_port + 1 + r));
@@ -408,6 +414,9 @@ Attempt Job::RunAttempt(int generation) {
                   .argv = options_.command,
                   .env = EnvironmentWith({{"CAME_RANK", absl::StrCat(r)},
                                           {"CAME_LOCAL_RANK", absl::StrCat(i)},
+                                          {"CAME_DEVICE", devices_.devices.empty()
+                                                              ? std::string("cpu")
+                                                              : absl::StrCat("cuda:", devices_.devices[i])},
                                           {"CAME_NODE_RANK", absl::StrCat(options_.node_rank)},
                                           {"CAME_WORLD_SIZE", absl::StrCat(world)},
                                           {"CAME_RANKD_ADDRESS", rankd_address[i]},
