@@ -45,7 +45,9 @@ comm::ElemType ElemTypeOf(DType t) {
 }
 
 // The completions between phases (kernels/step_sequence.h): all-reduces of the packed partial
-// sums of split tensors, the first also carrying the sum of g^2 and the stop votes.
+// sums of split tensors, the first also carrying the sum of g^2 and the stop votes. Packs on
+// the host: the engine runs the CPU backend (CpuPhases) only; a device backend needs the
+// packing on its stream (docs/PERF.md, "GPU (H200): owed").
 class ShardedCame::Completer final : public SumCompleter {
  public:
   Completer(ShardedCame& engine, bool stop_vote) : engine_(engine), stop_vote_(stop_vote) {}
