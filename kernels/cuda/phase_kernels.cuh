@@ -66,8 +66,12 @@ __device__ __forceinline__ float ToFloat(uint16_t h) {
   return HalfToFloat(h);
 }
 
+// V elements loaded or stored together. The alignment is at most 16 bytes, which is all that
+// PointersOf checks (and the widest access sm_90 has): a 16-bit gradient vector of 8 elements
+// pairs with 8 floats of state, 32 bytes, which the compiler then moves as two 16-byte
+// accesses instead of assuming a 32-byte alignment the buffers need not have.
 template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
+struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
   T x[V];
 };
 
