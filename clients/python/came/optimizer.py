@@ -12,6 +12,16 @@ updated values when Step returns. zero_grad() always zeroes the gradient buffer 
 Before every Step the optimizer re-points a .grad or .data that user code replaced
 (copying its values into the buffer), so `p.grad = None` and set_to_none=True are safe.
 
+Note [CUDA buffers]
+With `came-rankd --device N` (came-launch --backend nccl) the flat buffers live in GPU N's
+memory and reach the trainer as CUDA IPC handles (cuda_ipc.py); the parameters must then be
+on cuda:N (N as this process's CUDA_VISIBLE_DEVICES numbers the devices, the same numbering
+rankd sees) and become views of the mapped device memory in the same way. Backward's writes
+are queued on torch's streams, so step() synchronizes the device before it asks rankd to
+step; rankd synchronizes its own stream before it answers, so the updated parameters are in
+place when step() returns. close() copies parameters and gradients out and closes the
+mapping before it detaches (rankd frees the memory then). Not yet run on a GPU.
+
 Optimizer state (momentum, factored statistics) is held by rankd, sharded across ranks.
 state_dict() gathers it from every rank into torch's layout with came-pytorch's names (Note
 [State dict layout] in _state.py); load_state_dict() takes such a dict from any world size,
@@ -37,6 +47,7 @@ from ._proto import common_pb2, rank_pb2
 from .errors import CameError, Preempted
 from .launch_env import launch_env
 from .rank_client import RankClient
+from .cuda_ipc import CudaTensorBuffer
 from .shm import SharedTensorBuffer, proto_dtype
 
 # Detach from __del__ must not hang interpreter shutdown.
@@ -193,11 +204,33 @@ class ShardedCAME(Optimizer):
         if len(dtypes) != 1:
             raise TypeError("all parameters must share one dtype, got " + ", ".join(dtypes))
         proto_dtype(self._params[0].dtype)  # TypeError for an unsupported dtype
+        devices = sorted({str(p.device) for p in self._params})
+        if len(devices) != 1:
+            raise ValueError("all parameters must be on one device, got " + ", ".join(devices))
         for name, p in zip(self.param_names, self._params):
-            if p.device.type != "cpu":
-                raise ValueError("parameter %s is on %s; came.ShardedCAME shares host memory "
-                                 "with rankd, so parameters must be on the CPU" % (name, p.device))
+            if p.device.type not in ("cpu", "cuda"):
+                raise ValueError("parameter %s is on %s; came.ShardedCAME shares CPU memory or "
+                                 "CUDA memory with rankd" % (name, p.device))
+        self._device = self._params[0].device
         return self._params[0].dtype
+
+    def _open_buffer(self, buffer, numel):
+        """Maps one of rankd's buffers where the parameters are (Note [CUDA buffers])."""
+        on_gpu = buffer.device >= 0 or len(buffer.cuda_ipc_handle) > 0
+        if on_gpu:
+            want = torch.device("cuda", max(buffer.device, 0))
+            if self._device != want:
+                raise ValueError(
+                    "rankd keeps the buffers on %s, but the parameters are on %s: move the model "
+                    "to %s first (os.environ['CAME_DEVICE'] under came-launch), or start "
+                    "came-rankd without --device" % (want, self._device, want))
+            return CudaTensorBuffer(buffer, numel)
+        if self._device.type != "cpu":
+            raise ValueError(
+                "the parameters are on %s, but rankd keeps the buffers in host shared memory: "
+                "start came-rankd with --device %d (came-launch --backend nccl), or keep the "
+                "model on the CPU" % (self._device, self._device.index or 0))
+        return SharedTensorBuffer(buffer, numel)
 
     def _attach(self):
         group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
@@ -218,8 +251,8 @@ class ShardedCAME(Optimizer):
             if buf.dtype != dtype:
                 raise ValueError("rankd's buffer %s has dtype %s, the parameters %s" % (
                     buf.name, common_pb2.DType.Name(buf.dtype), self._dtype))
-        self._params_buf = SharedTensorBuffer(response.params, response.padded_size)
-        self._grads_buf = SharedTensorBuffer(response.grads, response.padded_size)
+        self._params_buf = self._open_buffer(response.params, response.padded_size)
+        self._grads_buf = self._open_buffer(response.grads, response.padded_size)
         for p, layout in zip(self._params, layouts):
             self._param_views.append(self._params_buf.view(layout.offset, layout.numel, p.shape))
             self._grad_views.append(self._grads_buf.view(layout.offset, layout.numel, p.shape))
@@ -229,6 +262,7 @@ class ShardedCAME(Optimizer):
                 pv.copy_(p.data)
                 p.data = pv
                 p.grad = gv
+        self._sync_device()
         self.state_bytes = state_bytes_of(self._client.sync_parameters(self.attachment_id))
 
     def _resume(self):
@@ -279,6 +313,7 @@ class ShardedCAME(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._claim_buffers()
+        self._sync_device()
         self._step += 1  # even if the call fails: step numbers never repeat
         request = rank_pb2.StepRequest(
             attachment_id=self.attachment_id, step=self._step,
@@ -340,12 +375,13 @@ class ShardedCAME(Optimizer):
 
     @property
     def params_buffer(self):
-        """The mapped parameter buffer (shm.SharedTensorBuffer); None once closed."""
+        """The mapped parameter buffer (shm.SharedTensorBuffer, or cuda_ipc.CudaTensorBuffer
+        for a rankd on a GPU); None once closed."""
         return self._params_buf
 
     @property
     def grads_buffer(self):
-        """The mapped gradient buffer (shm.SharedTensorBuffer); None once closed."""
+        """The mapped gradient buffer (as params_buffer); None once closed."""
         return self._grads_buf
 
     @property
@@ -401,20 +437,30 @@ class ShardedCAME(Optimizer):
                 if p.grad is not None and p.grad.data_ptr() == gv.data_ptr():
                     p.grad = gv.clone()
 
+    def _sync_device(self):
+        """Waits until the device has run the work queued on the buffers (backward's
+        gradients, copies into the views): rankd reads them from another process."""
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
     def _release(self, raise_errors):
-        """Detaches (if attached), unmaps and closes the channel."""
+        """Unmaps, detaches (if attached) and closes the channel. Unmapping comes first:
+        rankd frees device buffers on Detach, and CUDA IPC wants them closed here before."""
         error = None
+        self._param_views, self._grad_views = [], []
+        for buf in (self._params_buf, self._grads_buf):
+            if buf is not None:
+                try:
+                    buf.close()
+                except Exception as e:  # still detach and close
+                    error = error or e
+        self._params_buf = self._grads_buf = None
         if not self._closed:
             self._closed = True
             try:
                 self._client.detach(self.attachment_id)
-            except Exception as e:  # still unmap and close
-                error = e
-        self._param_views, self._grad_views = [], []
-        for buf in (self._params_buf, self._grads_buf):
-            if buf is not None:
-                buf.close()
-        self._params_buf = self._grads_buf = None
+            except Exception as e:  # still close the channel
+                error = error or e
         self._client.close()
         if error is not None and raise_errors:
             raise error

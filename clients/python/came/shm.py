@@ -59,8 +59,8 @@ class SharedTensorBuffer:
 
     def __init__(self, buffer, numel):
         if buffer.cuda_ipc_handle or buffer.device not in (-1,):
-            raise NotImplementedError("came.ShardedCAME maps host (shared-memory) buffers only; "
-                                      "rankd offered a CUDA buffer on device %d" % buffer.device)
+            raise ValueError("SharedTensorBuffer maps host shared memory; rankd's buffer is on "
+                             "CUDA device %d (cuda_ipc.CudaTensorBuffer maps it)" % buffer.device)
         self.name = buffer.name
         self.dtype = torch_dtype(buffer.dtype)
         self.numel = int(numel)

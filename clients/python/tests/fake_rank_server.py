@@ -96,6 +96,10 @@ class FakeRankServicer(rank_pb2_grpc.RankServicer):
         self.requests = []      # (method, request) in arrival order
         self.deadlines = []     # (method, seconds left when the call arrived, or None)
         self.step_error = None  # (grpc.StatusCode, message): the next Step fails with it
+        # (device, handle bytes): Attach describes its buffers as CUDA IPC buffers on that
+        # device with that handle, as `came-rankd --device N` would (the fake has no GPU
+        # memory: only the client's checks of such an answer can be tested with it).
+        self.offer_cuda = None
         self._ids = itertools.count(1)
 
     def _enter(self, method, request, context):
@@ -126,8 +130,15 @@ class FakeRankServicer(rank_pb2_grpc.RankServicer):
         return rank_pb2.AttachResponse(
             attachment_id=attachment_id, rank=0, world_size=1, plan_version=1,
             alignment=self.alignment, chunk_size=a.chunk_size, padded_size=a.padded_size,
-            used_size=a.used_size, tensors=a.layouts, params=a.params.proto(),
-            grads=a.grads.proto(), manifest_digest="fake")
+            used_size=a.used_size, tensors=a.layouts, params=self._offered(a.params),
+            grads=self._offered(a.grads), manifest_digest="fake")
+
+    def _offered(self, buffer):
+        proto = buffer.proto()
+        if self.offer_cuda is not None:
+            proto.name = ""
+            proto.device, proto.cuda_ipc_handle = self.offer_cuda
+        return proto
 
     def SyncParameters(self, request, context):
         self._enter("SyncParameters", request, context)
