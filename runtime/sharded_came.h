@@ -42,7 +42,9 @@
 //  - Any other mix of kinds (an export against a save, load or detach; a step against a
 //    save; ...) fails the call on every rank at once with FailedPrecondition naming each
 //    kind with its lowest rank and step; nothing changes. A detaching rank thus fails the
-//    others' pending export or step at once instead of leaving them to the deadline.
+//    others' pending export or step at once instead of leaving them to the deadline; a rank
+//    that saw a detach refuses every later call at once (its peer's engine is gone), so its
+//    own Detach does not wait for it either.
 //  - A rank that refuses its own call (invalid step inputs, a step out of order, a save of
 //    the wrong step, no room for the state) still joins the round, marked refused: every
 //    rank fails that call together, the refusing rank with its own error, the others naming
@@ -259,6 +261,7 @@ class ShardedCame {
   int64_t steps_taken_ = 0;
   int64_t last_step_ = 0;
   std::vector<double> header_;           // round header scratch
+  std::string departed_;                 // why the ranks can no longer step together, or ""
 };
 
 }  // namespace came

@@ -105,6 +105,7 @@ absl::Status ShardedCame::OpenRound(RoundKind kind, int64_t step, const absl::St
 absl::Status ShardedCame::Round(RoundKind kind, int64_t step, const StepInputs* inputs,
                                 const absl::Status& refusal, std::span<float> out) {
   const bool exporting = kind == RoundKind::kExport;
+  if (!departed_.empty()) return absl::FailedPreconditionError(departed_);
   if (plan_.world_size == 1) {
     if (!refusal.ok()) return refusal;
     return exporting ? GatherState(out, true) : absl::OkStatus();
@@ -154,10 +155,14 @@ absl::Status ShardedCame::Round(RoundKind kind, int64_t step, const StepInputs* 
         absl::StrAppend(&calls, calls.empty() ? "" : ", ", RoundKindName(kk), " on rank ",
                         Number(first_rank(kk)), " (step ", Number(min_of(kKindStep + k)), ")");
       }
-      return absl::FailedPreconditionError(absl::StrCat(
+      const std::string error = absl::StrCat(
           "the ranks' collective calls do not pair up: ", calls,
           "; every rank must make the same call (an export pairs only with exports and "
-          "steps); nothing changed"));
+          "steps); nothing changed");
+      if (present(RoundKind::kDetach) && kind != RoundKind::kDetach)
+        departed_ = absl::StrCat(error, ". A rank detached: detach this rank too and attach "
+                                 "every rank again");
+      return absl::FailedPreconditionError(error);
     }
     const RoundKind round = export_round ? RoundKind::kExport : kind;
     if (round != RoundKind::kLoad && round != RoundKind::kDetach &&

@@ -301,6 +301,15 @@ std::vector<absl::StatusOr<StepOutcome>> StepAll(Cores& c, const std::vector<Tra
 }
 
 // Attach + open the buffers + rank 0's initial values on every rank + SyncParameters.
+// Detaches every rank at once (a detach is a round, Note [Step rounds]).
+std::vector<absl::Status> DetachAll(Cores& c, const std::vector<Trainer>& tr) {
+  std::vector<std::future<absl::Status>> f;
+  for (int r = 0; r < c.size(); ++r) f.push_back(DetachAsync(c[r], tr[r].layout.attachment_id));
+  std::vector<absl::Status> out;
+  for (auto& x : f) out.push_back(Wait(x));
+  return out;
+}
+
 std::vector<Trainer> StartAll(Cores& c) {
   std::vector<Trainer> tr;
   for (Layout& l : AttachAll(c, TestManifest())) {
@@ -425,8 +434,8 @@ TEST_P(RankCoreFlowTest, SyncThenTenStepsEqualLocalClusterOnEveryRank) {
     EXPECT_EQ(std::memcmp(tr[r].params->data(), tr[0].params->data(), tr[0].layout.buffer_bytes), 0)
         << "rank " << r << "'s parameter buffer differs from rank 0's";
 
+  for (const absl::Status& s : DetachAll(*cores, tr)) EXPECT_TRUE(s.ok()) << s;
   for (int r = 0; r < world; ++r) {
-    EXPECT_TRUE(DetachSync((*cores)[r], tr[r].layout.attachment_id).ok());
     EXPECT_FALSE(ShmExists(tr[r].layout.params_name));
     EXPECT_FALSE(ShmExists(tr[r].layout.grads_name));
   }
@@ -498,8 +507,8 @@ TEST(RankCoreTest, RepeatedOrLowerStepIsFailedPreconditionAndChangesNothing) {
                      absl::StrCat("step ", bad, " is out of order: step 2 was already taken"));
     }
     for (int bad : {0, -5}) {
-      ExpectStatus(StepSync((*cores)[0], MakeStep(tr[0].layout.attachment_id, bad)).status(),
-                   absl::StatusCode::kInvalidArgument, absl::StrCat("got ", bad));
+      for (auto& o : StepAll(*cores, tr, bad))
+        ExpectStatus(o.status(), absl::StatusCode::kInvalidArgument, absl::StrCat("got ", bad));
     }
     for (int r = 0; r < world; ++r)
       EXPECT_EQ(std::memcmp(before[r].data(), tr[r].params->data(), before[r].size()), 0)
@@ -565,8 +574,7 @@ TEST(RankCoreTest, DetachThenAttachAgain) {
   auto first = StartAll(*cores);
   ASSERT_EQ(first.size(), 2u);
   for (auto& o : StepAll(*cores, first, 1)) ASSERT_TRUE(o.ok()) << o.status();
-  for (int r = 0; r < 2; ++r)
-    ASSERT_TRUE(DetachSync((*cores)[r], first[r].layout.attachment_id).ok());
+  for (const absl::Status& s : DetachAll(*cores, first)) ASSERT_TRUE(s.ok()) << s;
   for (int r = 0; r < 2; ++r) {
     EXPECT_FALSE(ShmExists(first[r].layout.params_name));
     EXPECT_FALSE(ShmExists(first[r].layout.grads_name));

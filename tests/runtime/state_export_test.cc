@@ -327,8 +327,8 @@ class RoundKindsTest : public ::testing::Test {
   std::vector<double> param_;
 };
 
-TEST_F(RoundKindsTest, AnExportAgainstASaveOrALoadOrADetachFailsBothAtOnce) {
-  for (RoundKind other : {RoundKind::kSave, RoundKind::kLoad, RoundKind::kDetach}) {
+TEST_F(RoundKindsTest, AnExportAgainstASaveOrALoadFailsBothAtOnce) {
+  for (RoundKind other : {RoundKind::kSave, RoundKind::kLoad}) {
     SCOPED_TRACE(RoundKindName(other));
     std::vector<float> out = Buffer();
     const Timed t = OnRanksTimed(2, [&](int r) {
@@ -343,6 +343,30 @@ TEST_F(RoundKindsTest, AnExportAgainstASaveOrALoadOrADetachFailsBothAtOnce) {
     }
   }
   ExpectUnchangedAndWorking();
+}
+
+TEST_F(RoundKindsTest, ADetachFailsAPendingExportAtOnceAndEveryLaterCall) {
+  std::vector<float> out = Buffer();
+  const Timed t = OnRanksTimed(2, [&](int r) {
+    return r == 0 ? c_->engine(0).ExportState(out)
+                  : c_->engine(1).OpenRound(RoundKind::kDetach, 2);
+  });
+  EXPECT_LT(t.took, kPrompt);
+  for (const absl::Status& s : t.statuses) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("do not pair up: export on rank 0 (step 2), detach on rank 1 (step 2)"));
+  }
+  // Rank 1's engine is gone: rank 0 refuses every later call at once, its detach included.
+  const absl::Time start = absl::Now();
+  for (const absl::Status& s : {c_->engine(0).Step(StepInputs{3, StepLr(3)}).status(),
+                                c_->engine(0).ExportState(out),
+                                c_->engine(0).OpenRound(RoundKind::kDetach, 2)}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("A rank detached: detach this rank too"));
+  }
+  EXPECT_LT(absl::Now() - start, kPrompt);
+  EXPECT_EQ(c_->Param(0), param_);
 }
 
 TEST_F(RoundKindsTest, AStepAgainstASaveFailsBothAtOnceNamingTheSteps) {
