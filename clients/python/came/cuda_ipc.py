@@ -26,6 +26,13 @@ _LAZY_ENABLE_PEER_ACCESS = 1  # cudaIpcMemLazyEnablePeerAccess
 # torch dtype -> __cuda_array_interface__ typestr (bf16 has none: mapped as int16, viewed).
 _TYPESTR = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<i2"}
 
+
+
+class _IpcHandle(ctypes.Structure):
+    """cudaIpcMemHandle_t, passed by value (a bare ctypes array would pass a pointer)."""
+    _fields_ = [("reserved", ctypes.c_char * _IPC_HANDLE_BYTES)]
+
+
 _lock = threading.Lock()
 _cudart = None
 
@@ -59,8 +66,8 @@ def cudart():
             except OSError:
                 continue
             lib.cudaIpcOpenMemHandle.restype = ctypes.c_int
-            lib.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p),
-                                                 ctypes.c_char * _IPC_HANDLE_BYTES, ctypes.c_uint]
+            lib.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p), _IpcHandle,
+                                                 ctypes.c_uint]
             lib.cudaIpcCloseMemHandle.restype = ctypes.c_int
             lib.cudaIpcCloseMemHandle.argtypes = [ctypes.c_void_p]
             lib.cudaSetDevice.restype = ctypes.c_int
@@ -88,16 +95,14 @@ class _Mapping:
         self.device = device
         self._lib = cudart()
         ptr = ctypes.c_void_p()
-        with torch.cuda.device(device):
-            current = ctypes.c_int()
-            _check(self._lib, self._lib.cudaGetDevice(ctypes.byref(current)), "cudaGetDevice")
-            _check(self._lib, self._lib.cudaSetDevice(device), "cudaSetDevice(%d)" % device)
-            try:
-                code = self._lib.cudaIpcOpenMemHandle(
-                    ctypes.byref(ptr), (ctypes.c_char * _IPC_HANDLE_BYTES).from_buffer_copy(handle),
-                    _LAZY_ENABLE_PEER_ACCESS)
-            finally:
-                self._lib.cudaSetDevice(current.value)
+        current = ctypes.c_int()
+        _check(self._lib, self._lib.cudaGetDevice(ctypes.byref(current)), "cudaGetDevice")
+        _check(self._lib, self._lib.cudaSetDevice(device), "cudaSetDevice(%d)" % device)
+        try:
+            code = self._lib.cudaIpcOpenMemHandle(
+                ctypes.byref(ptr), _IpcHandle.from_buffer_copy(handle), _LAZY_ENABLE_PEER_ACCESS)
+        finally:
+            self._lib.cudaSetDevice(current.value)
         _check(self._lib, code, "cannot open rankd's CUDA IPC buffer on device %d "
                "(is came-rankd on this machine, with the same CUDA_VISIBLE_DEVICES?)" % device)
         self.ptr = ptr.value

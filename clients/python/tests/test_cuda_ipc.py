@@ -76,6 +76,17 @@ class CheckBufferTest(unittest.TestCase):
                                     "but torch sees no CUDA device in this process"):
             cuda_ipc.check_buffer(self.buffer(), 16, torch.float32)
 
+    @unittest.skipIf(torch.cuda.is_available(), "a CUDA device is present: the refusal "
+                     "cannot be seen")
+    def test_opening_a_handle_without_a_device_is_a_clear_runtime_error(self):
+        try:
+            cuda_ipc.cudart()
+        except RuntimeError as e:
+            self.skipTest("no libcudart here: %s" % e)
+        # The ctypes bindings themselves: the runtime answers with an error code, no crash.
+        with self.assertRaisesRegex(RuntimeError, r"cudaGetDevice: .* \(CUDA error \d+\)"):
+            cuda_ipc._Mapping(HANDLE, 0)
+
     @unittest.skipUnless(torch.cuda.is_available(), "no CUDA device")
     def test_a_device_this_process_does_not_see_is_a_runtime_error(self):
         n = torch.cuda.device_count()
