@@ -13,3 +13,10 @@ if(TARGET came_rankd_core)
            COMMAND ${CMAKE_CURRENT_LIST_DIR}/rankd_device_flag_test.sh $<TARGET_FILE:came-rankd>)
   set_tests_properties(rankd_device_flag_test PROPERTIES LABELS rankd TIMEOUT 60)
 endif()
+
+if(TARGET came-rankd AND TARGET came-coordinator)
+  add_test(NAME rankd_backend_mismatch_test
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/rankd_backend_mismatch_test.sh
+                   $<TARGET_FILE:came-coordinator> $<TARGET_FILE:came-rankd>)
+  set_tests_properties(rankd_backend_mismatch_test PROPERTIES LABELS rankd TIMEOUT 120)
+endif()
