@@ -8,6 +8,8 @@ if(TARGET came_rankd_core)
   if(CAME_WITH_CUDA)
     target_link_libraries(device_buffer_test PRIVATE CUDA::cudart)
     target_compile_definitions(device_buffer_test PRIVATE CAME_RANKD_TEST_WITH_CUDA=1)
+  else()
+    target_compile_definitions(device_buffer_test PRIVATE CAME_RANKD_TEST_WITH_CUDA=0)
   endif()
   add_test(NAME rankd_device_flag_test
            COMMAND ${CMAKE_CURRENT_LIST_DIR}/rankd_device_flag_test.sh $<TARGET_FILE:came-rankd>)
