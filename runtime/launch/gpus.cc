@@ -29,8 +29,10 @@ int VisibleGpuCount(const std::string& gpus_dir, const char* cuda_visible_device
 
 absl::StatusOr<DevicePlan> ResolveDevices(const LaunchOptions& options, int visible_gpus) {
   DevicePlan plan;
-  const bool want_gpus = visible_gpus > 0 || !options.gpus.empty();
-  plan.backend = !options.backend.empty() ? options.backend : want_gpus ? "nccl" : "gloo";
+  // gloo stays the default on GPU machines too until the engine steps device buffers (the
+  // GPU engine is not finished: a nccl rank refuses SyncParameters today), so that a job on a
+  // GPU machine trains on the CPU rather than failing; --backend nccl or --gpus asks for GPUs.
+  plan.backend = !options.backend.empty() ? options.backend : !options.gpus.empty() ? "nccl" : "gloo";
   if (plan.backend == "gloo") {
     if (!options.gpus.empty())
       return absl::InvalidArgumentError("--gpus needs --backend nccl (gloo trains on the CPU)");

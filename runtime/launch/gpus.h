@@ -3,8 +3,10 @@
 // driver library, so came-launch starts (and decides) on any machine.
 //
 // Note [Launch devices]
-// The backend defaults to nccl when a GPU is visible or --gpus is given, else gloo. Under nccl each local rank
-// i gets one GPU: --gpus lists them, else the first --nproc visible ones, else all visible
+// The backend is nccl when asked for (--backend nccl, or --gpus), else gloo, GPUs visible or
+// not: the engine does not step device buffers yet, so a nccl default would make every job
+// on a GPU machine fail (make nccl the default once it does). Under nccl each local rank i
+// gets one GPU: --gpus lists them, else the first --nproc visible ones, else all visible
 // ones (--nproc may then be left out). rankd i runs with --device g and trainer i gets
 // CAME_DEVICE=g. CUDA_VISIBLE_DEVICES is passed on unchanged to every process, so g is an
 // ordinal among the visible devices for rankd and trainer alike (both see the same

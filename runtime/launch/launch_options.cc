@@ -51,7 +51,7 @@ std::string LaunchUsage() {
          "CAME_NODE_RANK, CAME_WORLD_SIZE,\n"
          "CAME_RANKD_ADDRESS, CAME_COORDINATOR_ADDRESS, CAME_TOKEN, CAME_RESTART_COUNT and a\n"
          "PYTHONPATH that finds the came package.\n"
-         "--backend nccl (the default when a GPU is visible): one rankd (--device g) and one\n"
+         "--backend nccl (or --gpus; gloo is the default): one rankd (--device g) and one\n"
          "trainer (CAME_DEVICE=g) per GPU of --gpus, else per visible GPU (the first --nproc\n"
          "ones when --nproc is given); CUDA_VISIBLE_DEVICES is passed on unchanged.\n"
          "--max-restarts K: when a process fails, stop the rest and start the job again (from\n"

@@ -54,8 +54,16 @@ LaunchOptions With(std::string backend, int nproc, std::vector<int> gpus = {}) {
   return o;
 }
 
-TEST(ResolveDevicesTest, DefaultsToNcclWithOneRankPerVisibleGpu) {
-  auto plan = ResolveDevices(With("", 0), 4);
+TEST(ResolveDevicesTest, DefaultsToGlooOnAGpuMachineUntilTheEngineStepsDeviceBuffers) {
+  auto gloo = ResolveDevices(With("", 2), 4);
+  ASSERT_TRUE(gloo.ok()) << gloo.status();
+  EXPECT_EQ(gloo->backend, "gloo");
+  EXPECT_EQ(gloo->nproc, 2);
+  EXPECT_TRUE(gloo->devices.empty());
+}
+
+TEST(ResolveDevicesTest, NcclTakesOneRankPerVisibleGpu) {
+  auto plan = ResolveDevices(With("nccl", 0), 4);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->backend, "nccl");
   EXPECT_EQ(plan->nproc, 4);
