@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/cuda/device_scope.h"
 #include "kernels/cuda/phase_kernels.cuh"
 #include "kernels/cuda/phase_runner.h"
 #include "kernels/dtype.h"
@@ -19,22 +20,6 @@ CudaError Internal(const std::string& what, cudaError_t e) {
   return {CudaError::kInternal, what + ": " + cudaGetErrorString(e)};
 }
 
-// Makes `device` current for the scope of a call and restores the caller's.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device &&
-        cudaSetDevice(device) == cudaSuccess)
-      switched_ = true;
-  }
-  ~DeviceScope() {
-    if (switched_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-};
 
 // PhaseRunner's launch: queues a kernel on one stream and keeps the launch's error.
 struct CudaLaunch {

@@ -7,6 +7,8 @@
 #include <string>
 #include <thread>
 
+#include "kernels/cuda/device_scope.h"
+
 namespace came::cuda {
 namespace {
 
@@ -30,22 +32,6 @@ PhaseStatus Internal(const std::string& what, cudaError_t e) {
   return {PhaseStatus::kInternal, what + ": " + cudaGetErrorString(e)};
 }
 
-// Makes `device` current for the scope of a call and restores the caller's.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device &&
-        cudaSetDevice(device) == cudaSuccess)
-      switched_ = true;
-  }
-  ~DeviceScope() {
-    if (switched_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-};
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "kernels/cuda/device_scope.h"
 
 namespace came::comm {
 namespace {
@@ -48,11 +49,8 @@ class CudaMover final : public MemoryMover {
 
  private:
   absl::Status Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    int previous = 0;
-    cudaGetDevice(&previous);
-    if (previous != device_) cudaSetDevice(device_);
+    ::came::cuda::DeviceScope scope(device_);
     const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, stream_);
-    if (previous != device_) cudaSetDevice(previous);
     if (e != cudaSuccess) return CudaStatus("cudaMemcpyAsync", e);
     return absl::OkStatus();
   }

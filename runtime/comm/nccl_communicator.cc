@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "kernels/cuda/device_scope.h"
 #include "runtime/comm/status_macros.h"
 
 // Note [NCCL deadlines]
@@ -76,26 +77,7 @@ absl::Status CheckArgs(const void* a, const void* b, size_t count, ElemType type
   return absl::OkStatus();
 }
 
-// Makes a device current for its lifetime and restores the caller's device afterwards, so
-// that calls from any thread leave that thread's CUDA state as they found it.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    error_ = previous_ == device ? cudaSuccess : cudaSetDevice(device);
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
-  cudaError_t error() const { return error_; }
-
- private:
-  int previous_ = -1;
-  cudaError_t error_ = cudaSuccess;
-};
+using DeviceGuard = ::came::cuda::DeviceScope;
 
 // Polls the communicator's asynchronous state until it leaves ncclInProgress.
 absl::Status PollComm(ncclComm_t comm, absl::Time deadline, std::string_view what) {
