@@ -61,30 +61,8 @@ struct GlooBackend {
 };
 
 #if CAME_TEST_WITH_NCCL
-// Device memory on the rank's device (rank r uses device r).
-class DeviceBuffer {
- public:
-  DeviceBuffer(int rank, size_t bytes) {
-    cudaSetDevice(rank);
-    EXPECT_EQ(cudaMalloc(&data_, std::max<size_t>(bytes, 1)), cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  void* data() { return data_; }
-  void Upload(const std::vector<char>& src) {
-    EXPECT_EQ(cudaMemcpy(data_, src.data(), src.size(), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  std::vector<char> Download(size_t bytes) {
-    std::vector<char> out(bytes);
-    EXPECT_EQ(cudaMemcpy(out.data(), data_, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-
- private:
-  void* data_ = nullptr;
-};
-
 struct NcclBackend {
-  using Buffer = DeviceBuffer;
+  using Buffer = testing::DeviceBufferOf</*kOneDevice=*/false>;
   static constexpr bool kPeersSeeAbort = false;  // peers fail by their own deadline
   static std::string SkipReason(int world) {
     int devices = 0;

@@ -60,14 +60,16 @@ struct StagedHostBackend {
 };
 
 #if CAME_TEST_WITH_NCCL
-// Device memory on device 0, whatever the rank.
-class SharedDeviceBuffer {
+// Device memory for rank r of the typed suite: on device r (kOneDevice false: NCCL, one GPU a
+// rank) or on device 0 whatever the rank (kOneDevice true: W ranks sharing one GPU).
+template <bool kOneDevice>
+class DeviceBufferOf {
  public:
-  SharedDeviceBuffer(int /*rank*/, size_t bytes) {
-    cudaSetDevice(0);
+  DeviceBufferOf(int rank, size_t bytes) {
+    cudaSetDevice(kOneDevice ? 0 : rank);
     EXPECT_EQ(cudaMalloc(&data_, std::max<size_t>(bytes, 1)), cudaSuccess);
   }
-  ~SharedDeviceBuffer() { cudaFree(data_); }
+  ~DeviceBufferOf() { cudaFree(data_); }
   void* data() { return data_; }
   void Upload(const std::vector<char>& src) {
     EXPECT_EQ(cudaMemcpy(data_, src.data(), src.size(), cudaMemcpyHostToDevice), cudaSuccess);
@@ -83,7 +85,7 @@ class SharedDeviceBuffer {
 };
 
 struct StagedCudaBackend {
-  using Buffer = SharedDeviceBuffer;
+  using Buffer = DeviceBufferOf</*kOneDevice=*/true>;
   static constexpr bool kPeersSeeAbort = true;
   static std::string SkipReason(int /*world*/) {
     int devices = 0;

@@ -170,6 +170,16 @@ TEST(FaultTest, KilledRankdFailsTheOtherRankPromptlyNamingIt) {
   fs::remove_all(dir);
 }
 
+// Writes a self-signed certificate for localhost and 127.0.0.1 (it serves as CA, server and
+// client certificate) to `cert` and its key to `key`; returns "" or the command that failed.
+std::string MakeTestCertificate(const std::string& cert, const std::string& key) {
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+      " > /dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0 ? "" : cmd;
+}
+
 // came-rankd serves its trainer over TLS with --tls-cert/--tls-key: a client that trusts the
 // certificate attaches and steps; a plaintext client does not get through.
 TEST(RankdTlsTest, TrainerReachesRankdOverTlsOnly) {
@@ -178,11 +188,7 @@ TEST(RankdTlsTest, TrainerReachesRankdOverTlsOnly) {
   std::string tmpl = (fs::temp_directory_path() / "came-tls-XXXXXX").string();
   const fs::path dir = mkdtemp(tmpl.data());
   const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
-  const std::string cmd =
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
-      " > /dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_EQ(MakeTestCertificate(cert, key), "");
   std::ofstream(dir / "token") << "tls-test-token\n";
   const std::string bin = BIN_DIR;
   auto coordinator = Spawn(dir, "coordinator",
@@ -237,11 +243,7 @@ TEST(RankdTlsTest, RankdPresentsAClientCertificateToACoordinatorThatRequiresOne)
   const fs::path dir = mkdtemp(tmpl.data());
   // One self-signed certificate serves as CA, server and client certificate.
   const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
-  const std::string cmd =
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
-      " > /dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_EQ(MakeTestCertificate(cert, key), "");
   std::ofstream(dir / "token") << "mtls-test-token\n";
   const std::string bin = BIN_DIR, token = (dir / "token").string();
   auto coordinator = Spawn(dir, "coordinator",

@@ -16,14 +16,6 @@
 namespace came {
 namespace {
 
-std::vector<std::string> GoldenFiles() {
-  std::vector<std::string> files;
-  for (const auto& e : std::filesystem::directory_iterator("tests/data/golden"))
-    if (e.path().extension() == ".json") files.push_back(e.path().string());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 class CudaGoldenTest : public testing::TestWithParam<std::string> {};
 
 TEST_P(CudaGoldenTest, MatchesWithinFloat32Tolerance) {
@@ -65,7 +57,7 @@ TEST(CudaGoldenCliTest, UnavailableWithoutADevice) {
   EXPECT_EQ(got.status().message(), "no CUDA device is present");
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, CudaGoldenTest, testing::ValuesIn(GoldenFiles()),
+INSTANTIATE_TEST_SUITE_P(AllCases, CudaGoldenTest, testing::ValuesIn(ListGoldenCases()),
                          [](const testing::TestParamInfo<std::string>& info) {
                            std::string n = std::filesystem::path(info.param).stem().string();
                            for (char& ch : n)

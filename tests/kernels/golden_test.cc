@@ -11,14 +11,6 @@
 namespace came {
 namespace {
 
-std::vector<std::string> GoldenFiles() {
-  std::vector<std::string> files;
-  for (const auto& e : std::filesystem::directory_iterator("tests/data/golden"))
-    if (e.path().extension() == ".json") files.push_back(e.path().string());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 class GoldenTest : public testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenTest, ReferenceMatchesToDoublePrecision) {
@@ -75,7 +67,7 @@ TEST(IsaTest, DispatcherPicksTheBestInstructionSet) {
   if (!avx512) GTEST_SKIP() << "this CPU has no AVX-512: the AVX-512 loops were built but not run";
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, GoldenTest, testing::ValuesIn(GoldenFiles()),
+INSTANTIATE_TEST_SUITE_P(AllCases, GoldenTest, testing::ValuesIn(ListGoldenCases()),
                          [](const testing::TestParamInfo<std::string>& info) {
                            std::string n = std::filesystem::path(info.param).stem().string();
                            for (char& ch : n)

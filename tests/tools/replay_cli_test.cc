@@ -102,21 +102,13 @@ class ReplayCliTest : public testing::Test {
   fs::path dir_;
 };
 
-std::vector<std::string> GoldenFiles() {
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator("tests/data/golden"))
-    if (e.path().extension() == ".json") files.push_back(e.path().string());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 constexpr char kBase[] = "tests/data/golden/2d_4x6_base.json";
 constexpr char k1d[] = "tests/data/golden/1d_7_base.json";
 
 json LoadJson(const std::string& path) { return json::parse(ReadAll(path)); }
 
 TEST_F(ReplayCliTest, EveryGoldenCasePassesWithBothImpls) {
-  const auto files = GoldenFiles();
+  const auto files = ListGoldenCases();
   ASSERT_FALSE(files.empty());
   for (const std::string& f : files)
     for (const char* impl : {"reference", "cpu"}) {

@@ -1,7 +1,9 @@
 #include "tools/replay/case_io.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -246,6 +248,14 @@ absl::StatusOr<GoldenCase> ParseGoldenCase(std::string_view text, bool require_t
   }
   c.state_shapes = expected_shapes;
   return c;
+}
+
+std::vector<std::string> ListGoldenCases(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir))  // throws if `dir` is missing
+    if (e.path().extension() == ".json") files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 absl::StatusOr<GoldenCase> LoadGoldenCase(const std::string& path, bool require_trajectory) {

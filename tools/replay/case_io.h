@@ -33,6 +33,11 @@ absl::StatusOr<GoldenCase> ParseGoldenCase(std::string_view json_text,
                                            bool require_trajectory = true);
 
 // Reads and parses a case file (NotFound when it cannot be read).
+// Returns the paths of the golden cases (*.json) in `dir`, sorted; throws
+// std::filesystem::filesystem_error if `dir` does not exist, so a test run from the wrong
+// folder fails instead of finding no case.
+std::vector<std::string> ListGoldenCases(const std::string& dir = "tests/data/golden");
+
 absl::StatusOr<GoldenCase> LoadGoldenCase(const std::string& path, bool require_trajectory = true);
 
 // Returns the case as JSON, every double written as its shortest round-trip decimal.
